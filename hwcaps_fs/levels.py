@@ -1,0 +1,291 @@
+"""The glibc-hwcaps levels of every architecture, as data.
+
+glibc searches ``glibc-hwcaps/<level>/`` subdirectories for shared libraries on exactly three
+architectures (x86-64, powerpc64le, s390x); every other architecture has only the baseline.
+Each level requires every feature of the levels below it (glibc activates a contiguous tail of
+its list), so a CPU's capability is fully described by the highest level it supports.
+
+The tables below are transcribed from glibc (``sysdeps/x86/get-isa-level.h``,
+``sysdeps/powerpc/powerpc64/le/dl-hwcaps-subdirs.c``, ``sysdeps/s390/s390-64/dl-hwcaps-subdirs.c``)
+and from the Linux names for the same bits (``arch/x86/include/asm/cpufeatures.h``,
+``arch/s390/kernel/processor.c``). They are facts, not logic: detection code walks them and never
+names a feature itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AT_HWCAP = 16
+AT_HWCAP2 = 26
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One CPU feature a level requires.
+
+    ``name`` is glibc's spelling (what ``GLIBC_TUNABLES`` and ``ld.so`` diagnostics use);
+    ``flag`` is how ``/proc/cpuinfo`` reports it (x86 ``flags``, s390x ``features``; s390x
+    facility bits are spelled ``stfle<N>`` from the ``facilities`` line); ``hwcap`` is the
+    ``(auxv type, bit mask)`` where the kernel reports it in the aux vector, if it does.
+    """
+
+    name: str
+    flag: str
+    hwcap: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Level:
+    """A glibc-hwcaps level: its subdirectory name and the features it adds to the one below.
+
+    ``isa_bit`` is the ``GNU_PROPERTY_X86_ISA_1_*`` bit an ELF file marks when it needs this
+    level (x86 only).
+    """
+
+    name: str
+    features: tuple[Feature, ...]
+    isa_bit: int | None = None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything hwcaps-fs needs to know about one architecture.
+
+    ``levels`` are in ascending order, baseline excluded; ``baseline`` lists what glibc checks
+    before it activates any level at all. ``machines`` are the ``uname -m`` spellings,
+    ``e_machine`` the ELF machine number its executables carry, ``loaders`` the paths of its
+    system dynamic loader. ``baseline_dir`` is the directory name the hwcaps-loader layout uses
+    for the baseline, where that layout exists for the architecture.
+    """
+
+    name: str
+    machines: tuple[str, ...]
+    e_machine: int
+    elf_class: int
+    loaders: tuple[str, ...]
+    baseline: Level
+    levels: tuple[Level, ...] = ()
+    baseline_dir: str | None = None
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        """Level names in ascending order, baseline excluded."""
+        return tuple(level.name for level in self.levels)
+
+    def level(self, name: str) -> Level:
+        """The level called ``name``; :class:`UnknownLevelError` if this architecture has none."""
+        for level in self.levels:
+            if level.name == name:
+                return level
+        if name in (self.baseline.name, self.baseline_dir):
+            return self.baseline
+        raise UnknownLevelError(name, self)
+
+    def rank(self, name: str) -> int:
+        """0 for the baseline, 1 for the lowest level, and so on."""
+        if name in (self.baseline.name, self.baseline_dir):
+            return 0
+        return self.level_names.index(self.level(name).name) + 1
+
+
+class UnknownLevelError(ValueError):
+    """A level name that the architecture does not have."""
+
+    def __init__(self, name: str, architecture: Architecture) -> None:
+        known = ", ".join((architecture.baseline.name, *architecture.level_names))
+        super().__init__(f"unknown level {name!r} for {architecture.name} (known: {known})")
+        self.name = name
+
+
+def _x86(name: str, flag: str) -> Feature:
+    return Feature(name, flag)
+
+
+def _ppc(name: str, flag: str, bit: int) -> Feature:
+    return Feature(name, flag, (AT_HWCAP2, bit))
+
+
+def _s390(name: str, flag: str, bit: int) -> Feature:
+    return Feature(name, flag, (AT_HWCAP, bit))
+
+
+def _stfle(name: str, facility: int) -> Feature:
+    return Feature(name, f"stfle{facility}")
+
+
+X86_64 = Architecture(
+    name="x86_64",
+    machines=("x86_64", "amd64"),
+    e_machine=62,
+    elf_class=64,
+    loaders=("/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+    baseline=Level(
+        "baseline",
+        (
+            _x86("CMOV", "cmov"),
+            _x86("CX8", "cx8"),
+            _x86("FPU", "fpu"),
+            _x86("FXSR", "fxsr"),
+            _x86("MMX", "mmx"),
+            _x86("SSE", "sse"),
+            _x86("SSE2", "sse2"),
+        ),
+        isa_bit=1 << 0,
+    ),
+    levels=(
+        Level(
+            "x86-64-v2",
+            (
+                _x86("CMPXCHG16B", "cx16"),
+                _x86("LAHF64_SAHF64", "lahf_lm"),
+                _x86("POPCNT", "popcnt"),
+                _x86("SSE3", "pni"),
+                _x86("SSSE3", "ssse3"),
+                _x86("SSE4_1", "sse4_1"),
+                _x86("SSE4_2", "sse4_2"),
+            ),
+            isa_bit=1 << 1,
+        ),
+        Level(
+            "x86-64-v3",
+            (
+                _x86("AVX", "avx"),
+                _x86("AVX2", "avx2"),
+                _x86("BMI1", "bmi1"),
+                _x86("BMI2", "bmi2"),
+                _x86("F16C", "f16c"),
+                _x86("FMA", "fma"),
+                _x86("LZCNT", "abm"),
+                _x86("MOVBE", "movbe"),
+                # glibc needs OSXSAVE and XCR0 for AVX; the kernel lists `xsave` exactly when
+                # it enabled the extended state, and never prints `osxsave`.
+                _x86("XSAVE", "xsave"),
+            ),
+            isa_bit=1 << 2,
+        ),
+        Level(
+            "x86-64-v4",
+            (
+                _x86("AVX512F", "avx512f"),
+                _x86("AVX512BW", "avx512bw"),
+                _x86("AVX512CD", "avx512cd"),
+                _x86("AVX512DQ", "avx512dq"),
+                _x86("AVX512VL", "avx512vl"),
+            ),
+            isa_bit=1 << 3,
+        ),
+    ),
+    baseline_dir="x86-64-v1",
+)
+
+PPC64LE = Architecture(
+    name="ppc64le",
+    machines=("ppc64le",),
+    e_machine=21,
+    elf_class=64,
+    loaders=("/lib64/ld64.so.2", "/lib/powerpc64le-linux-gnu/ld64.so.2"),
+    baseline=Level("baseline", ()),
+    levels=(
+        Level(
+            "power9",
+            (_ppc("arch_3_00", "arch_3_00", 0x00800000), _ppc("ieee128", "ieee128", 0x00400000)),
+        ),
+        Level(
+            "power10",
+            (_ppc("arch_3_1", "arch_3_1", 0x00040000), _ppc("mma", "mma", 0x00020000)),
+        ),
+    ),
+)
+
+S390X = Architecture(
+    name="s390x",
+    machines=("s390x",),
+    e_machine=22,
+    elf_class=64,
+    loaders=("/lib/ld64.so.1", "/lib/s390x-linux-gnu/ld64.so.1"),
+    baseline=Level("baseline", ()),
+    levels=(
+        Level("z13", (_s390("HWCAP_S390_VX", "vx", 2048),)),
+        Level(
+            "z14",
+            (
+                _s390("HWCAP_S390_VXD", "vxd", 4096),
+                _s390("HWCAP_S390_VXE", "vxe", 8192),
+                _s390("HWCAP_S390_GS", "gs", 16384),
+            ),
+        ),
+        Level(
+            "z15",
+            (
+                _s390("HWCAP_S390_VXRS_EXT2", "vxe2", 32768),
+                _s390("HWCAP_S390_VXRS_PDE", "vxp", 65536),
+            ),
+        ),
+        Level("z16", (_s390("HWCAP_S390_VXRS_PDE2", "vxp2", 524288),)),
+        Level(
+            "z17",
+            (
+                _stfle("MIE4", 84),
+                _stfle("VXRS_EXT3", 198),
+                _stfle("VXRS_PDE3", 199),
+                _stfle("CONCURRENT_FUNCTIONS", 201),
+            ),
+        ),
+    ),
+)
+
+#: Architectures with no glibc-hwcaps levels: only the baseline directory is ever searched.
+BASELINE_ONLY = (
+    Architecture("aarch64", ("aarch64", "arm64"), 183, 64, ("/lib/ld-linux-aarch64.so.1",),
+                 Level("baseline", ())),
+    Architecture("riscv64", ("riscv64",), 243, 64, ("/lib/ld-linux-riscv64-lp64d.so.1",),
+                 Level("baseline", ())),
+    Architecture("loongarch64", ("loongarch64",), 258, 64, ("/lib64/ld-linux-loongarch-lp64d.so.1",),
+                 Level("baseline", ())),
+    Architecture("i686", ("i386", "i486", "i586", "i686"), 3, 32, ("/lib/ld-linux.so.2",),
+                 Level("baseline", ())),
+    Architecture("armhf", ("armv7l", "armv8l"), 40, 32, ("/lib/ld-linux-armhf.so.3",),
+                 Level("baseline", ())),
+)
+
+ARCHITECTURES: tuple[Architecture, ...] = (X86_64, PPC64LE, S390X, *BASELINE_ONLY)
+
+#: Every level directory name glibc or hwcaps-loader knows, on any architecture.
+ALL_LEVEL_NAMES: frozenset[str] = frozenset(
+    name
+    for arch in ARCHITECTURES
+    for name in (*arch.level_names, *((arch.baseline_dir,) if arch.baseline_dir else ()))
+)
+
+
+class UnknownArchitectureError(ValueError):
+    """A machine name none of the tables describe."""
+
+
+def architecture_for_machine(machine: str) -> Architecture:
+    """The architecture ``uname -m`` calls ``machine``.
+
+    An unknown machine is not an error for serving (it simply has no levels): callers that
+    only need the levels catch :class:`UnknownArchitectureError` and serve the baseline.
+    """
+    for arch in ARCHITECTURES:
+        if machine in arch.machines:
+            return arch
+    raise UnknownArchitectureError(f"unknown machine {machine!r}: no glibc-hwcaps levels known")
+
+
+def architecture_named(name: str) -> Architecture:
+    """The architecture whose table is called ``name`` (``x86_64``, ``ppc64le``, ...)."""
+    for arch in ARCHITECTURES:
+        if arch.name == name:
+            return arch
+    return architecture_for_machine(name)
+
+
+def architecture_of_level(name: str) -> Architecture | None:
+    """Which architecture has a level (or hwcaps-loader baseline directory) called ``name``."""
+    for arch in ARCHITECTURES:
+        if name in arch.level_names or name == arch.baseline_dir:
+            return arch
+    return None

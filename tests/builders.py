@@ -1,0 +1,74 @@
+"""Real variant binaries for tests, compiled with gcc (cached per session by conftest).
+
+Each program prints the level it was built for, so a test can exec a name through a store or
+a mount and see which variant ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+#: gcc -march value for each x86-64 level name used in stores.
+MARCH = {
+    "baseline": "x86-64",
+    "x86-64-v1": "x86-64",
+    "x86-64-v2": "x86-64-v2",
+    "x86-64-v3": "x86-64-v3",
+    "x86-64-v4": "x86-64-v4",
+}
+
+PRINT_LEVEL = r"""
+#include <stdio.h>
+int main(void) { puts("%s"); return 0; }
+"""
+
+
+def gcc_available() -> bool:
+    return shutil.which("gcc") is not None
+
+
+def compile_c(source: str, out: Path, flags: list[str]) -> Path:
+    """Compile C ``source`` to ``out`` with ``flags``; raises CalledProcessError on failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = out.with_suffix(".c")
+    src.write_text(source)
+    subprocess.run(["gcc", "-O2", "-o", str(out), str(src), *flags], check=True,
+                   capture_output=True, text=True)
+    src.unlink()
+    return out
+
+
+def compile_level(cache: Path, level: str, text: str | None = None, mark: str | None = None,
+                  march: str | None = None, static: bool = False) -> Path:
+    """A program built with ``-march`` for ``level`` that prints ``text`` (default: level).
+
+    ``mark`` is None (no explicit ISA note beyond what crt objects add), ``"mneeded"`` or
+    ``"z"``; ``march`` overrides the -march of the level (to misplace a binary on purpose).
+    Results are cached in ``cache`` by their inputs.
+    """
+    arch = march or MARCH[level]
+    flags = [f"-march={arch}"]
+    if mark == "mneeded":
+        flags.append("-mneeded")
+    elif mark == "z":
+        z_level = "baseline" if arch == "x86-64" else arch
+        flags.append(f"-Wl,-z,{z_level}")
+    if static:
+        flags.append("-static")
+    body = PRINT_LEVEL % (text or level)
+    key = hashlib.sha256(repr((body, flags)).encode()).hexdigest()[:16]
+    out = cache / f"{level}-{key}"
+    if not out.exists():
+        compile_c(body, out, flags)
+    return out
+
+
+def install(binary: Path, dest: Path, mode: int = 0o755) -> Path:
+    """Copy ``binary`` to ``dest`` (creating directories) with ``mode``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(binary, dest)
+    dest.chmod(mode)
+    return dest
