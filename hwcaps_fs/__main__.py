@@ -1,0 +1,7 @@
+"""``python -m hwcaps_fs``: the same as the ``hwcaps-fs`` command."""
+
+import sys
+
+from hwcaps_fs.cli import main
+
+sys.exit(main())

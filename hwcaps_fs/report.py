@@ -1,0 +1,137 @@
+"""What the inspection commands print: the same facts as text for people and as JSON for tools.
+
+Each function builds a :class:`Report` from core results and does no I/O; :func:`emit` prints it.
+Keeping both renderings side by side makes it hard for them to drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from hwcaps_fs.cpu import Detection
+from hwcaps_fs.lint import Finding
+from hwcaps_fs.resolve import Resolution
+from hwcaps_fs.store import Candidate, Store
+
+
+@dataclass
+class Report:
+    text: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def emit(report: Report, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.data, indent=2, sort_keys=True))
+    else:
+        print("\n".join(report.text))
+
+
+def _level_state(detection: Detection, name: str) -> str:
+    arch = detection.architecture
+    rank = arch.rank(name)
+    supported = rank <= arch.rank(detection.hardware_level)
+    searched = rank <= arch.rank(detection.level)
+    if supported and searched:
+        return "supported, searched"
+    if supported:
+        return f"supported, not searched (capped by {detection.decided_by})"
+    if searched:
+        return f"NOT supported, searched (forced by {detection.decided_by})"
+    return "not supported"
+
+
+def levels(detection: Detection) -> Report:
+    """Like ``ld.so --help``: every level of this architecture, supported or not."""
+    arch = detection.architecture
+    names = list(reversed(arch.level_names))
+    states = {name: _level_state(detection, name) for name in names}
+    higher = [name for name in arch.level_names if arch.rank(name) > arch.rank(detection.level)]
+    next_level = higher[0] if higher else None
+    missing = list(detection.missing.get(next_level, ())) if next_level else []
+
+    text = [f"Architecture: {arch.name}"
+            + (f" (archspec: {detection.microarchitecture})" if detection.microarchitecture else "")]
+    if names:
+        text.append("Levels, highest priority first:")
+        text += [f"  {name:<12} {states[name]}" for name in names]
+    else:
+        text.append("This architecture has no glibc-hwcaps levels: only the baseline is served.")
+    text.append(f"Level in effect: {detection.level} (decided by {detection.decided_by})")
+    if next_level:
+        text.append(f"Next level {next_level}: "
+                    + (f"missing {', '.join(missing)}" if missing else "missing features unknown"))
+    text.append("Detection steps:")
+    text += [f"  {step.source}: {step.outcome}" for step in detection.steps]
+    text += [f"warning: {warning}" for warning in detection.warnings]
+
+    data = {
+        "architecture": arch.name,
+        "microarchitecture": detection.microarchitecture,
+        "levels": [{"name": name, "state": states[name]} for name in names],
+        "hardware_level": detection.hardware_level,
+        "level": detection.level,
+        "decided_by": detection.decided_by,
+        "next_level": next_level,
+        "missing_for_next_level": missing,
+        "missing": {name: list(features) for name, features in detection.missing.items()},
+        "isa_bits": detection.isa_bits,
+        "steps": [{"source": s.source, "outcome": s.outcome, "level": s.level}
+                  for s in detection.steps],
+        "warnings": list(detection.warnings),
+    }
+    return Report(text, data)
+
+
+def _level_label(candidate: Candidate) -> str:
+    return candidate.level or "baseline"
+
+
+def _candidate_data(candidate: Candidate) -> dict[str, Any]:
+    return {"level": _level_label(candidate), "path": candidate.path, "source": candidate.source}
+
+
+def which(detection: Detection, store: Store, resolution: Resolution) -> Report:
+    """The candidate served for one name, and why each higher one was skipped."""
+    served = resolution.served
+    text = []
+    if served:
+        text.append(f"{resolution.relpath}: {_level_label(served)} -> {served.source}")
+    else:
+        text.append(f"{resolution.relpath}: no usable candidate in {store.root}")
+    text += [f"  skipped {_level_label(skip.candidate)} ({skip.candidate.path}): {skip.reason}"
+             for skip in resolution.skipped]
+    text.append(f"  (level in effect: {detection.level}, decided by {detection.decided_by}; "
+                f"layout: {store.layout.value})")
+    data = {
+        "relpath": resolution.relpath,
+        "served": _candidate_data(served) if served else None,
+        "skipped": [{**_candidate_data(skip.candidate), "reason": skip.reason}
+                    for skip in resolution.skipped],
+        "level": detection.level,
+        "decided_by": detection.decided_by,
+        "layout": store.layout.value,
+        "root": store.root,
+    }
+    return Report(text, data)
+
+
+def check(store: Store, findings: list[Finding]) -> Report:
+    """A packager's lint: one line per finding, and a summary."""
+    errors = sum(1 for finding in findings if finding.severity == "error")
+    warnings = len(findings) - errors
+    text = [f"{finding.severity}: {finding.path}: {finding.message}" for finding in findings]
+    text.append(f"{store.root}: {len(store.files)} names, {errors} errors, {warnings} warnings "
+                f"(layout: {store.layout.value})")
+    data = {
+        "root": store.root,
+        "layout": store.layout.value,
+        "names": len(store.files),
+        "errors": errors,
+        "warnings": warnings,
+        "findings": [{"severity": f.severity, "path": f.path, "message": f.message}
+                     for f in findings],
+    }
+    return Report(text, data)
