@@ -13,7 +13,7 @@ DEMO ?= /var/tmp/hwcaps-fs-demo
 LEVELS := x86-64 x86-64-v2 x86-64-v3 x86-64-v4
 DEMO_CFLAGS := -O3 -ffast-math -mneeded
 
-.PHONY: deps apt venv demo demo-store test lint unit clean
+.PHONY: deps apt venv demo demo-store test lint unit clean bench
 
 deps: apt venv
 
@@ -77,3 +77,7 @@ test: deps lint unit
 clean:
 	-$(BIN)/hwcaps-fs umount $(DEMO)/mnt 2>/dev/null
 	rm -rf $(DEMO) $(VENV) *.egg-info
+
+# Benchmarks (issue: bench/): writes bench/results.md, which README.md quotes.
+bench: deps
+	$(BIN)/python bench/run.py --out bench/results.md

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from hwcaps_fs import report
-from hwcaps_fs.cpu import DetectOptions, Detection, detect
+from hwcaps_fs.cpu import Detection, DetectOptions, detect
 from hwcaps_fs.errors import HwcapsFsError, UsageError
 from hwcaps_fs.lint import check
 from hwcaps_fs.resolve import resolve
@@ -37,13 +37,13 @@ def _detect_arguments() -> argparse.ArgumentParser:
     parent = _Parser(add_help=False)
     group = parent.add_argument_group("level detection")
     group.add_argument("--level", "--max-level", dest="level", metavar="LEVEL",
-                       help="highest level to use; can lower what the CPU supports, never raise it")
+                       help="highest level to use: lowers what the CPU supports, never raises it")
     group.add_argument("--force-level", metavar="LEVEL",
-                       help="use exactly LEVEL, even above what the CPU supports (may crash programs)")
+                       help="use exactly LEVEL, even above what the CPU supports (risks SIGILL)")
     group.add_argument("--cpuinfo", metavar="FILE",
                        help="compute the level from this /proc/cpuinfo instead of asking ld.so")
     group.add_argument("--auxv", metavar="FILE",
-                       help="aux vector to go with --cpuinfo (AT_HWCAP/AT_HWCAP2 on ppc64le, s390x)")
+                       help="aux vector for --cpuinfo (AT_HWCAP/AT_HWCAP2 on ppc64le, s390x)")
     group.add_argument("--machine", metavar="MACHINE",
                        help="architecture of --cpuinfo, as uname -m says it (default: guessed)")
     group.add_argument("--config", metavar="FILE", default="/etc/hwcaps-fs.toml",
@@ -64,17 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     detect_parent = _detect_arguments()
     parser = _Parser(
         prog="hwcaps-fs",
-        description="glibc-hwcaps for executables: serve each name as the best build this CPU runs.",
+        description="glibc-hwcaps for executables: each name runs the best build this CPU can.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
     levels = commands.add_parser("levels", parents=[detect_parent],
-                                 help="show this CPU's levels and how they were detected")
+                                 help="show the CPU's levels and how they were found")
     _json_argument(levels)
 
     which = commands.add_parser("which", parents=[detect_parent],
-                                help="show the candidate served for RELPATH and why others were skipped")
+                                help="show what RELPATH serves and why others were skipped")
     which.add_argument("root", metavar="ROOT")
     which.add_argument("relpath", metavar="RELPATH")
     _layout_argument(which)

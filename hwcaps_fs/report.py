@@ -52,8 +52,8 @@ def levels(detection: Detection) -> Report:
     next_level = higher[0] if higher else None
     missing = list(detection.missing.get(next_level, ())) if next_level else []
 
-    text = [f"Architecture: {arch.name}"
-            + (f" (archspec: {detection.microarchitecture})" if detection.microarchitecture else "")]
+    uarch = detection.microarchitecture
+    text = [f"Architecture: {arch.name}" + (f" (archspec: {uarch})" if uarch else "")]
     if names:
         text.append("Levels, highest priority first:")
         text += [f"  {name:<12} {states[name]}" for name in names]

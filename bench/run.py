@@ -1,0 +1,462 @@
+"""hwcaps-fs benchmarks: every figure is a ratio against the same work done directly, in one run.
+
+    make bench          (= .venv/bin/python bench/run.py --out bench/results.md)
+
+Exec latency is measured with bench/execbench.c (posix_spawn + waitpid), interleaved: R rounds,
+each running every configuration for N spawns in turn, so that whatever else the machine does
+spreads over all configurations alike. Medians and spreads (p10, p90) are pooled over rounds.
+Nothing in the output is typed by hand: README.md quotes this file's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+HWCAPS_FS = [sys.executable, "-m", "hwcaps_fs"]
+LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4")
+
+
+def run(*args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True,
+                          **kwargs)  # type: ignore[call-overload]
+
+
+def gcc(out: Path, source: Path, *flags: str) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run("gcc", "-O2", "-o", out, source, *flags)
+    return out
+
+
+@dataclass
+class Stats:
+    median: float
+    p10: float
+    p90: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Stats:
+        ordered = sorted(samples)
+        deciles = statistics.quantiles(ordered, n=10)
+        return cls(statistics.median(ordered), deciles[0], deciles[-1], len(ordered))
+
+
+@contextlib.contextmanager
+def mounted(root: Path, mountpoint: Path, *options: str) -> Iterator[float]:
+    """Mount, yield how long the mount command took to return with the mount live, unmount."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    opts = ["-o", ",".join(options)] if options else []
+    start = time.perf_counter()
+    run(*HWCAPS_FS, "mount", "--root", root, *opts, mountpoint)
+    elapsed = time.perf_counter() - start
+    try:
+        yield elapsed
+    finally:
+        subprocess.run([*HWCAPS_FS, "umount", str(mountpoint)], capture_output=True)
+
+
+def daemon_pid(mountpoint: Path) -> int | None:
+    """The hwcaps-fs daemon serving ``mountpoint`` (its command line names it)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"hwcaps_fs" in b" ".join(cmdline) and str(mountpoint).encode() in cmdline:
+            return int(entry.name)
+    return None
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Bench:
+    def __init__(self, work: Path, rounds: int, spawns: int) -> None:
+        self.work = work
+        self.rounds = rounds
+        self.spawns = spawns
+        self.lines: list[str] = []
+        self.execbench = gcc(work / "execbench", HERE / "execbench.c")
+
+    def emit(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.emit("| " + " | ".join(header) + " |")
+        self.emit("|" + "---|" * len(header))
+        for row in rows:
+            self.emit("| " + " | ".join(row) + " |")
+        self.emit()
+
+    def samples(self, argv: list[str], n: int, sleep_ms: int = 0, warmup: int = -1) -> list[float]:
+        cmd = [str(self.execbench), "-w", str(warmup), "-s", str(sleep_ms), str(n), *argv]
+        return [float(x) for x in run(*cmd).stdout.split()]
+
+    def interleaved(self, configs: dict[str, list[str]], n: int, rounds: int, sleep_ms: int = 0,
+                    warmup: int = -1) -> dict[str, Stats]:
+        pooled: dict[str, list[float]] = {name: [] for name in configs}
+        for _ in range(rounds):
+            for name, argv in configs.items():
+                pooled[name] += self.samples(argv, n, sleep_ms, warmup)
+        return {name: Stats.of(values) for name, values in pooled.items()}
+
+    def ratio_rows(self, stats: dict[str, Stats], direct: str) -> list[list[str]]:
+        base = stats[direct]
+        return [[name, f"{s.median:.0f}", f"{s.p10:.0f}–{s.p90:.0f}",
+                 f"{s.median / base.median:.2f}", f"{s.p10 / base.p10:.2f}", str(s.n)]
+                for name, s in stats.items()]
+
+
+def build_programs(work: Path) -> dict[str, Path]:
+    """The programs whose exec is timed: static, dynamic, bash."""
+    src = work / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    true_c = src / "true.c"
+    true_c.write_text("int main(void) { return 0; }\n")
+    programs = {
+        "static": gcc(src / "static_true", true_c, "-static"),
+        "dynamic": gcc(src / "dyn_true", true_c),
+        "bash": src / "bash",
+    }
+    shutil.copy2("/usr/bin/bash", programs["bash"])
+    return programs
+
+
+def make_store(root: Path, programs: dict[str, Path], extra_names: int = 0) -> None:
+    """A glibc-layout store: each program as the baseline and as an x86-64-v2 variant (served on
+    every machine of that level), plus ``extra_names`` small scripts without variants."""
+    if root.exists():
+        shutil.rmtree(root)
+    for name, path in programs.items():
+        for target in (root / "bin" / name, root / "glibc-hwcaps/x86-64-v2/bin" / name):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    for i in range(extra_names):
+        script = root / "bin" / f"name{i:05d}"
+        script.write_text("#!/bin/sh\nexit 0\n")
+        script.chmod(0o755)
+
+
+def bench_exec(b: Bench, programs: dict[str, Path]) -> None:
+    """Warm exec latency: both presentations, both deployments, three programs."""
+    work = b.work
+    direct_dir = work / "direct"
+    make_store(direct_dir, programs)
+    store = work / "store"
+    make_store(store, programs)
+    inplace = work / "inplace"
+    make_store(inplace, programs)
+    linkdir = work / "usrbin"
+    linkdir.mkdir(exist_ok=True)
+
+    b.emit("## Warm exec latency (µs per posix_spawn + waitpid)")
+    b.emit()
+    b.emit(f"{b.rounds} rounds × {b.spawns} spawns per configuration, interleaved. "
+           "'store' = the dedicated-store deployment (a symlink into the mount, as /usr/bin/foo → "
+           "store); 'in place' = mounted over the directory itself. Ratios are against executing "
+           "the same binary directly from ext4 in the same run.")
+    b.emit()
+    with contextlib.ExitStack() as stack:
+        mounts = {
+            "store, files": stack.enter_context(mounted(store, work / "m-store-files")),
+            "store, symlinks": stack.enter_context(
+                mounted(store, work / "m-store-links", "presentation=symlinks")),
+            "in place, files": stack.enter_context(mounted(inplace, inplace)),
+        }
+        del mounts
+        for kind, program in programs.items():
+            args = ["-c", "true"] if kind == "bash" else []
+            for name in ("store-files", "store-links"):
+                link = linkdir / f"{kind}-{name}"
+                link.unlink(missing_ok=True)
+                link.symlink_to(work / f"m-{name}" / "bin" / kind)
+            configs = {
+                "direct": [str(direct_dir / "glibc-hwcaps/x86-64-v2/bin" / kind), *args],
+                "store, files": [str(linkdir / f"{kind}-store-files"), *args],
+                "store, symlinks": [str(linkdir / f"{kind}-store-links"), *args],
+                "in place, files": [str(inplace / "bin" / kind), *args],
+            }
+            stats = b.interleaved(configs, b.spawns, b.rounds)
+            b.emit(f"**{kind}** (`{program.name}{' -c true' if args else ''}`)")
+            b.emit()
+            b.table(["configuration", "median", "p10–p90", "× median", "× p10", "n"],
+                    b.ratio_rows(stats, "direct"))
+
+
+def bench_idle(b: Bench, programs: dict[str, Path]) -> None:
+    """Exec after the daemon has idled: spawns spaced 0.5 s apart."""
+    store = b.work / "store-idle"
+    make_store(store, programs)
+    target = "glibc-hwcaps/x86-64-v2/bin/dynamic"
+    with mounted(store, b.work / "m-idle-files"), \
+            mounted(store, b.work / "m-idle-links", "presentation=symlinks"):
+        configs = {
+            "direct": [str(store / target)],
+            "files": [str(b.work / "m-idle-files/bin/dynamic")],
+            "symlinks": [str(b.work / "m-idle-links/bin/dynamic")],
+        }
+        stats = b.interleaved(configs, n=2, rounds=20, sleep_ms=500, warmup=0)
+    b.emit("## Exec after idle (dynamic binary, spawns 0.5 s apart)")
+    b.emit()
+    b.table(["configuration", "median", "p10–p90", "× median", "× p10", "n"],
+            b.ratio_rows(stats, "direct"))
+
+
+def bench_parallel(b: Bench, programs: dict[str, Path]) -> None:
+    """Parallel exec throughput: 4 spawners at once."""
+    store = b.work / "store-par"
+    make_store(store, programs)
+    target = "glibc-hwcaps/x86-64-v2/bin/dynamic"
+    with mounted(store, b.work / "m-par-files"), \
+            mounted(store, b.work / "m-par-links", "presentation=symlinks"):
+        configs = {
+            "direct": str(store / target),
+            "files": str(b.work / "m-par-files/bin/dynamic"),
+            "symlinks": str(b.work / "m-par-links/bin/dynamic"),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in configs}
+        for _ in range(3):
+            for name, path in configs.items():
+                out = run(b.execbench, "-w", "20", "-p", "4", str(b.spawns * 2), path).stdout
+                rates[name].append(float(out))
+    b.emit("## Parallel exec throughput (4 spawners, execs per second, 3 interleaved runs)")
+    b.emit()
+    direct = statistics.median(rates["direct"])
+    b.table(["configuration", "median exec/s", "min–max", "× direct"],
+            [[name, f"{statistics.median(r):.0f}", f"{min(r):.0f}–{max(r):.0f}",
+              f"{statistics.median(r) / direct:.2f}"] for name, r in rates.items()])
+
+
+def timed_runs(argv: list[str], runs: int) -> Stats:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        samples.append((time.perf_counter() - start) * 1000)
+    return Stats.of(samples)
+
+
+def bench_listing(b: Bench, programs: dict[str, Path]) -> None:
+    """ls and ls -l of a 3,000-entry directory, cold (first after a fresh mount) and warm."""
+    store = b.work / "store-ls"
+    make_store(store, programs, extra_names=3000 - len(programs))
+    rows = []
+    for command in (["ls"], ["ls", "-l"]):
+        direct = timed_runs([*command, str(store / "bin")], 20)
+        label = " ".join(command)
+        rows.append([f"`{label}` direct", f"{direct.median:.1f}", "1.00", ""])
+        for presentation in ("files", "symlinks"):
+            mnt = b.work / f"m-ls-{presentation}"
+            options = ("presentation=symlinks",) if presentation == "symlinks" else ()
+            colds = []
+            for _ in range(3):
+                with mounted(store, mnt, *options):
+                    colds.append(timed_runs([*command, str(mnt / "bin")], 1).median)
+            with mounted(store, mnt, *options):
+                warm = timed_runs([*command, str(mnt / "bin")], 20)
+            cold = statistics.median(colds)
+            rows.append([f"`{label}` {presentation}", f"{warm.median:.1f}",
+                         f"{warm.median / direct.median:.2f}",
+                         f"{cold:.1f} ({cold / direct.median:.2f}×)"])
+    b.emit("## Listing a 3,000-entry directory (ms)")
+    b.emit()
+    b.table(["command", "warm median", "× direct", "cold (first after mount)"], rows)
+
+
+def drop_file_cache(path: Path) -> None:
+    """Evict one file from the page cache (POSIX_FADV_DONTNEED), no global drop_caches."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_seconds(path: Path) -> float:
+    start = time.perf_counter()
+    with path.open("rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+    return time.perf_counter() - start
+
+
+def bench_first_exec_and_read(b: Bench, programs: dict[str, Path]) -> None:
+    """The first exec of a variant after mount, and reading a 100 MB file cold and warm."""
+    store = b.work / "store-read"
+    make_store(store, programs)
+    big = store / "bin/big"
+    with big.open("wb") as f:
+        for _ in range(100):
+            f.write(os.urandom(1 << 20))
+    big.chmod(0o755)
+    mnt = b.work / "m-read"
+    firsts, directs = [], []
+    for _ in range(5):
+        target = store / "glibc-hwcaps/x86-64-v2/bin/static"
+        directs.append(b.samples([str(target)], 1, warmup=0)[0])
+        with mounted(store, mnt):
+            firsts.append(b.samples([str(mnt / "bin/static")], 1, warmup=0)[0])
+    mb = big.stat().st_size / 1e6
+    read_seconds(big)
+    direct_warm = statistics.median(read_seconds(big) for _ in range(5))
+    with mounted(store, mnt):
+        cold = []
+        for _ in range(3):
+            drop_file_cache(mnt / "bin/big")
+            cold.append(read_seconds(mnt / "bin/big"))
+        read_seconds(mnt / "bin/big")
+        warm = statistics.median(read_seconds(mnt / "bin/big") for _ in range(5))
+    b.emit("## First exec after mount, and sequential reads")
+    b.emit()
+    first, direct_first = statistics.median(firsts), statistics.median(directs)
+    b.table(["measure", "value", "× direct"], [
+        ["first exec of the static variant after a fresh mount (µs, median of 5)",
+         f"{first:.0f}", f"{first / direct_first:.2f}"],
+        ["read 100 MB, FUSE cache cold (MB/s)", f"{mb / statistics.median(cold):.0f}",
+         f"{direct_warm / statistics.median(cold):.2f}"],
+        ["read 100 MB, FUSE cache warm (MB/s)", f"{mb / warm:.0f}", f"{direct_warm / warm:.2f}"],
+        ["read 100 MB directly, page cache warm (MB/s)", f"{mb / direct_warm:.0f}", "1.00"],
+    ])
+
+
+def bench_scale(b: Bench, programs: dict[str, Path]) -> None:
+    """Mount-ready time and daemon RSS for stores of 100, 1,000, 5,000 and 10,000 names."""
+    rows = []
+    for names in (100, 1000, 5000, 10000):
+        store = b.work / f"store-{names}"
+        make_store(store, programs, extra_names=names - len(programs))
+        mnt = b.work / f"m-{names}"
+        with mounted(store, mnt) as ready:
+            pid = daemon_pid(mnt)
+            rss = rss_mb(pid) if pid else float("nan")
+        rows.append([f"{names:,}", f"{ready:.2f}", f"{rss:.1f}"])
+        shutil.rmtree(store)
+    b.emit("## Mount-ready time and daemon memory")
+    b.emit()
+    b.table(["names", "mount command returns, mount live (s)", "daemon RSS (MB)"], rows)
+
+
+def bench_alternatives(b: Bench, programs: dict[str, Path]) -> None:
+    """What a user would do instead: a #!/bin/sh wrapper that picks the variant, PATH ordering."""
+    store = b.work / "store-alt"
+    make_store(store, programs)
+    variant = store / "glibc-hwcaps/x86-64-v2/bin/dynamic"
+    wrapper = b.work / "wrapper/dynamic"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text(f"""#!/bin/sh
+# pick the best variant, as a packager's wrapper would
+for level in x86-64-v4 x86-64-v3 x86-64-v2; do
+  if /lib64/ld-linux-x86-64.so.2 --help | grep -q "$level (supported"; then
+    p={store}/glibc-hwcaps/$level/bin/dynamic
+    [ -x "$p" ] && exec "$p" "$@"
+  fi
+done
+exec {store}/bin/dynamic "$@"
+""")
+    wrapper.chmod(0o755)
+    path_dirs = ":".join(str(store / "glibc-hwcaps" / lvl / "bin")
+                         for lvl in ("x86-64-v4", "x86-64-v3", "x86-64-v2"))
+    with mounted(store, b.work / "m-alt"):
+        configs = {
+            "direct": [str(variant)],
+            "hwcaps-fs, files": [str(b.work / "m-alt/bin/dynamic")],
+            "#!/bin/sh wrapper": [str(wrapper)],
+            "PATH ordering (sh -c, lookup in 3 dirs)": [
+                "/bin/sh", "-c", f"PATH={path_dirs}:{store}/bin; dynamic"],
+            "sh -c running the variant by absolute path": ["/bin/sh", "-c", str(variant)],
+        }
+        stats = b.interleaved(configs, max(b.spawns // 5, 20), b.rounds)
+    b.emit("## The alternatives, measured the same way (dynamic binary, µs)")
+    b.emit()
+    b.emit("PATH ordering needs a shell to search PATH: compare it with the last row, the same "
+           "shell running the variant by absolute path.")
+    b.emit()
+    b.table(["configuration", "median", "p10–p90", "× median", "× p10", "n"],
+            b.ratio_rows(stats, "direct"))
+
+
+def bench_gain(b: Bench, programs: dict[str, Path]) -> None:
+    """The point of it all: the demo's compute-heavy program, baseline vs the variant served."""
+    store = b.work / "store-demo"
+    source = HERE / "hwcaps-demo.c"
+    for level in LEVELS:
+        sub = Path("bin") if level == "x86-64" else Path("glibc-hwcaps", level, "bin")
+        gcc(store / sub / "hwcaps-demo", source, "-O3", "-ffast-math", "-mneeded",
+            f"-march={level}", f'-DLEVEL="{level}"')
+    rounds = "200000"
+    with mounted(store, b.work / "m-demo"):
+        served_level = run(b.work / "m-demo/bin/hwcaps-demo").stdout.strip()
+        times: dict[str, list[float]] = {"baseline": [], f"served ({served_level})": []}
+        for _ in range(5):
+            for name, path in (("baseline", store / "bin/hwcaps-demo"),
+                               (f"served ({served_level})", b.work / "m-demo/bin/hwcaps-demo")):
+                out = run(path, rounds).stdout.split()[-1]
+                times[name].append(float(out.split("=")[1]))
+    base = statistics.median(times["baseline"])
+    b.emit("## The gain: bench/hwcaps-demo.c, baseline build vs the build served here")
+    b.emit()
+    b.table(["build", "median seconds (5 runs)", "speed-up"],
+            [[name, f"{statistics.median(t):.3f}", f"{base / statistics.median(t):.2f}×"]
+             for name, t in times.items()])
+
+
+BENCHES: dict[str, Callable[[Bench, dict[str, Path]], None]] = {
+    "exec": bench_exec,
+    "idle": bench_idle,
+    "parallel": bench_parallel,
+    "listing": bench_listing,
+    "read": bench_first_exec_and_read,
+    "scale": bench_scale,
+    "alternatives": bench_alternatives,
+    "gain": bench_gain,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/hwcaps-fs-bench"))
+    parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--spawns", type=int, default=250)
+    parser.add_argument("--only", choices=sorted(BENCHES), action="append")
+    args = parser.parse_args()
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True)
+    b = Bench(args.work, args.rounds, args.spawns)
+    load = os.getloadavg()
+    b.emit("# hwcaps-fs benchmark results")
+    b.emit()
+    b.emit(f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
+           f"{platform.machine()}, {os.cpu_count()} CPUs, kernel {platform.release()}, "
+           f"load average before the run {load[0]:.2f}. Command: `make bench`.")
+    b.emit()
+    programs = build_programs(args.work)
+    for name in args.only or BENCHES:
+        BENCHES[name](b, programs)
+    args.out.write_text("\n".join(b.lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
