@@ -15,6 +15,7 @@ names a feature itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 AT_HWCAP = 16
 AT_HWCAP2 = 26
@@ -56,7 +57,8 @@ class Architecture:
     before it activates any level at all. ``machines`` are the ``uname -m`` spellings,
     ``e_machine`` the ELF machine number its executables carry, ``loaders`` the paths of its
     system dynamic loader. ``baseline_dir`` is the directory name the hwcaps-loader layout uses
-    for the baseline, where that layout exists for the architecture.
+    for the baseline, where that layout exists for the architecture. ``byteorder`` is how the
+    machine stores words (needed to decode an aux vector captured on it).
     """
 
     name: str
@@ -67,6 +69,7 @@ class Architecture:
     baseline: Level
     levels: tuple[Level, ...] = ()
     baseline_dir: str | None = None
+    byteorder: Literal["little", "big"] = "little"
 
     @property
     def level_names(self) -> tuple[str, ...]:
@@ -205,6 +208,7 @@ S390X = Architecture(
     elf_class=64,
     loaders=("/lib/ld64.so.1", "/lib/s390x-linux-gnu/ld64.so.1"),
     baseline=Level("baseline", ()),
+    byteorder="big",
     levels=(
         Level("z13", (_s390("HWCAP_S390_VX", "vx", 2048),)),
         Level(
@@ -241,8 +245,8 @@ BASELINE_ONLY = (
                  Level("baseline", ())),
     Architecture("riscv64", ("riscv64",), 243, 64, ("/lib/ld-linux-riscv64-lp64d.so.1",),
                  Level("baseline", ())),
-    Architecture("loongarch64", ("loongarch64",), 258, 64, ("/lib64/ld-linux-loongarch-lp64d.so.1",),
-                 Level("baseline", ())),
+    Architecture("loongarch64", ("loongarch64",), 258, 64,
+                 ("/lib64/ld-linux-loongarch-lp64d.so.1",), Level("baseline", ())),
     Architecture("i686", ("i386", "i486", "i586", "i686"), 3, 32, ("/lib/ld-linux.so.2",),
                  Level("baseline", ())),
     Architecture("armhf", ("armv7l", "armv8l"), 40, 32, ("/lib/ld-linux-armhf.so.3",),
@@ -289,3 +293,67 @@ def architecture_of_level(name: str) -> Architecture | None:
         if name in arch.level_names or name == arch.baseline_dir:
             return arch
     return None
+
+
+def baseline_only_architecture(machine: str) -> Architecture:
+    """A stand-in for a machine none of the tables describe: it has the baseline and nothing
+    else, so that serving never depends on knowing the CPU. ``e_machine`` 0 (``EM_NONE``)
+    says that the ELF machine of its executables is unknown, not that it must be 0."""
+    return Architecture(machine, (machine,), 0, 0, (), Level("baseline", ()))
+
+
+# --- x86 vendor rules --------------------------------------------------------------------------
+#
+# glibc's ``init_cpu_features`` (sysdeps/x86/cpu-features.c) reads CPUID leaf 1 and 0x80000001
+# only for the vendors it knows; for any other vendor string ``get_isa_level`` returns 0, so no
+# glibc-hwcaps subdirectory is searched at all. /proc/cpuinfo prints the vendor string as is.
+
+#: CPUID vendor strings glibc recognises (``vendor_id`` in /proc/cpuinfo).
+X86_KNOWN_VENDORS: frozenset[str] = frozenset(
+    {"GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls", "  Shanghai  "}
+)
+
+
+@dataclass(frozen=True)
+class X86ModelQuirk:
+    """Features glibc turns off for one CPU model after reading CPUID, whatever CPUID says.
+
+    ``model`` is the full model number (base plus extended model), which is what Linux prints
+    on the ``model`` line and what glibc compares after adding ``extended_model``.
+    """
+
+    vendors: frozenset[str]
+    family: int
+    model: int
+    disabled: tuple[str, ...]
+    why: str
+
+
+_ZHAOXIN = frozenset({"CentaurHauls", "  Shanghai  "})
+
+#: glibc ``init_cpu_features``, ``arch_kind_zhaoxin`` branch: AVX and AVX2 are unset on these
+#: models (slow 256-bit units), so x86-64-v3 is never selected there although /proc/cpuinfo
+#: lists ``avx2`` (family 6 since glibc 2.32, family 7 models 0x1b/0x3b by 2.39).
+X86_MODEL_QUIRKS: tuple[X86ModelQuirk, ...] = (
+    X86ModelQuirk(_ZHAOXIN, 6, 0x0F, ("AVX", "AVX2"), "older Zhaoxin"),
+    X86ModelQuirk(_ZHAOXIN, 6, 0x19, ("AVX", "AVX2"), "older Zhaoxin"),
+    X86ModelQuirk(_ZHAOXIN, 7, 0x1B, ("AVX", "AVX2"), "Zhaoxin Wudaokou (KX-5000)"),
+    X86ModelQuirk(_ZHAOXIN, 7, 0x3B, ("AVX", "AVX2"), "Zhaoxin Lujiazui (KX-6000)"),
+)
+
+# --- POWER generations -------------------------------------------------------------------------
+
+#: The level a POWER generation (the ``cpu : POWERn`` line of /proc/cpuinfo) normally has, highest
+#: first. Only a guess for when AT_HWCAP2 is unknown: glibc tests the AT_HWCAP2 bits, and a
+#: kernel in a compatibility mode or too old to report ``ieee128``/``mma`` gives less.
+POWER_GENERATION_LEVELS: tuple[tuple[int, str], ...] = ((10, "power10"), (9, "power9"))
+
+# --- archspec ----------------------------------------------------------------------------------
+
+#: archspec's generic x86-64 targets and the glibc-hwcaps level each corresponds to.
+ARCHSPEC_GENERIC_LEVELS: tuple[tuple[str, str], ...] = (
+    ("x86_64", "baseline"),
+    ("x86_64_v2", "x86-64-v2"),
+    ("x86_64_v3", "x86-64-v3"),
+    ("x86_64_v4", "x86-64-v4"),
+)

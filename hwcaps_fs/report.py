@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hwcaps_fs.cpu import Detection
-from hwcaps_fs.lint import Finding
+from hwcaps_fs.lint import Finding, Severity
 from hwcaps_fs.resolve import Resolution
 from hwcaps_fs.store import Candidate, Store
 
@@ -120,9 +120,9 @@ def which(detection: Detection, store: Store, resolution: Resolution) -> Report:
 
 def check(store: Store, findings: list[Finding]) -> Report:
     """A packager's lint: one line per finding, and a summary."""
-    errors = sum(1 for finding in findings if finding.severity == "error")
+    errors = sum(1 for finding in findings if finding.severity is Severity.ERROR)
     warnings = len(findings) - errors
-    text = [f"{finding.severity}: {finding.path}: {finding.message}" for finding in findings]
+    text = [str(finding) for finding in findings]
     text.append(f"{store.root}: {len(store.files)} names, {errors} errors, {warnings} warnings "
                 f"(layout: {store.layout.value})")
     data = {
@@ -131,7 +131,7 @@ def check(store: Store, findings: list[Finding]) -> Report:
         "names": len(store.files),
         "errors": errors,
         "warnings": warnings,
-        "findings": [{"severity": f.severity, "path": f.path, "message": f.message}
-                     for f in findings],
+        "findings": [{"severity": f.severity.value, "path": f.path, "relpath": f.relpath,
+                      "message": f.message} for f in findings],
     }
     return Report(text, data)

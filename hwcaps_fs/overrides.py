@@ -1,0 +1,125 @@
+"""Level overrides: the command line, ``HWCAPS_FS_LEVEL``, the kernel command line and
+``/etc/hwcaps-fs.toml``.
+
+Each source can only *lower* the level (the lowest one set wins, and none can raise it above
+what the CPU supports), so an override is always safe to leave in place when the hardware
+changes. ``--force-level`` is the one exception and lives in :mod:`hwcaps_fs.cpu`.
+
+A level name that the architecture does not have is a :class:`~hwcaps_fs.errors.UsageError`
+wherever it comes from, naming the source: silently ignoring a typo in an override would serve
+a level the administrator asked not to, and a refused start leaves the plain directory in place.
+A malformed configuration file is one too. A missing configuration file or kernel command line
+is simply "not set".
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hwcaps_fs.errors import UsageError
+from hwcaps_fs.levels import Architecture, UnknownLevelError
+
+#: The environment variable that caps the level.
+ENV_VARIABLE = "HWCAPS_FS_LEVEL"
+#: Kernel command line parameters: ``hwcaps_fs.level=NAME`` caps, ``hwcaps_fs=off`` means the
+#: baseline only.
+CMDLINE_LEVEL = "hwcaps_fs.level"
+CMDLINE_SWITCH = "hwcaps_fs"
+CMDLINE_OFF = "off"
+#: The key of the configuration file.
+CONFIG_KEY = "level"
+
+
+def parse_level_name(arch: Architecture, name: str, source: str = "level") -> str:
+    """The canonical name of level ``name`` on ``arch``: one of its level names or
+    ``"baseline"`` (``x86-64-v1``, the hwcaps-loader name, is accepted for it on x86).
+
+    Raises :class:`UsageError` naming ``source`` and listing the known names.
+    """
+    try:
+        return arch.level(name.strip()).name
+    except UnknownLevelError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Override:
+    """One override source: its name (what ``Detection.decided_by`` says when it wins), the
+    canonical level it asks for (None when not set) and a line for the steps."""
+
+    source: str
+    level: str | None
+    outcome: str
+
+
+def cmdline_level(cmdline: str) -> tuple[str | None, str]:
+    """The raw level the kernel command line asks for (``"baseline"`` for ``hwcaps_fs=off``)
+    and a line saying what was found. The last occurrence wins, as for kernel parameters;
+    words after ``--`` belong to init, not to the kernel."""
+    requested: str | None = None
+    found = "not set"
+    for word in cmdline.split():
+        if word == "--":
+            break
+        key, _, value = word.partition("=")
+        if key == CMDLINE_LEVEL:
+            requested, found = value, word
+        elif key == CMDLINE_SWITCH and value == CMDLINE_OFF:
+            requested, found = "baseline", word
+    return requested, found
+
+
+def config_level(path: str) -> tuple[str | None, str]:
+    """The raw ``level`` of the TOML file at ``path`` (None if the file or the key is absent)
+    and a line saying what was found.
+
+    Raises :class:`UsageError` naming the file for unreadable or malformed TOML and for a
+    ``level`` that is not a string.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        return None, "no such file"
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: malformed TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from None
+    value = data.get(CONFIG_KEY)
+    if value is None:
+        return None, f"no {CONFIG_KEY} set"
+    if not isinstance(value, str):
+        raise UsageError(f'{path}: {CONFIG_KEY} must be a string such as "x86-64-v3"')
+    return value, f"{CONFIG_KEY} = {value!r}"
+
+
+def read_overrides(
+    arch: Architecture,
+    max_level: str | None,
+    environ: Mapping[str, str],
+    kernel_cmdline: str,
+    config: str,
+) -> tuple[Override, ...]:
+    """Every override source in precedence order for ties (the command line first), set or
+    not. ``kernel_cmdline`` and ``config`` are paths; an unreadable kernel command line counts
+    as not set, since it is not something the user wrote wrong."""
+    overrides = [_named("--level", max_level, "given" if max_level else "not given", arch)]
+    env_value = environ.get(ENV_VARIABLE) or None
+    overrides.append(_named(ENV_VARIABLE, env_value, "set" if env_value else "not set", arch))
+    try:
+        with open(kernel_cmdline, encoding="utf-8", errors="replace") as file:
+            requested, found = cmdline_level(file.read())
+    except OSError as exc:
+        requested, found = None, f"unreadable ({exc.strerror})"
+    overrides.append(_named("kernel command line", requested, found, arch))
+    overrides.append(_named(config, *config_level(config), arch))
+    return tuple(overrides)
+
+
+def _named(source: str, raw: str | None, found: str, arch: Architecture) -> Override:
+    if raw is None:
+        return Override(source, None, found)
+    level = parse_level_name(arch, raw, source)
+    return Override(source, level, f"{found}: at most {level}")
