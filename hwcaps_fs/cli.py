@@ -17,13 +17,13 @@ from typing import NoReturn
 from hwcaps_fs import report
 from hwcaps_fs.cpu import Detection, DetectOptions, detect
 from hwcaps_fs.errors import HwcapsFsError, UsageError
-from hwcaps_fs.lint import check
+from hwcaps_fs.lint import Severity, check
 from hwcaps_fs.resolve import resolve
 from hwcaps_fs.store import Layout, Store, scan
 
 #: Exit status for a bug (sysexits EX_SOFTWARE), so it is never mistaken for a user error.
 EXIT_INTERNAL = 70
-COMMANDS = ("levels", "which", "check", "mount", "umount")
+COMMANDS = ("levels", "which", "check", "mount", "umount", "run")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _detect_arguments() -> argparse.ArgumentParser:
+def _detect_arguments() -> _Parser:
     parent = _Parser(add_help=False)
     group = parent.add_argument_group("level detection")
     group.add_argument("--level", "--max-level", dest="level", metavar="LEVEL",
@@ -97,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     umount = commands.add_parser("umount", help="unmount a view")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    run = commands.add_parser("run", parents=[detect_parent],
+                              help="mount the view, then exec CMD (a container entrypoint)")
+    run.add_argument("--root", metavar="ROOT", required=True, help="the store")
+    run.add_argument("--mountpoint", metavar="DIR",
+                     help="where the view appears (default: a private directory)")
+    run.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                     help="comma-separated mount options (see README.md)")
+    _layout_argument(run)
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     return parser
 
 
@@ -148,7 +158,7 @@ def _run_check(args: argparse.Namespace) -> int:
     store = _scan(args, detection)
     findings = check(store, detection.target(require_trusted=True))
     report.emit(report.check(store, findings), args.json)
-    return 1 if any(finding.severity == "error" for finding in findings) else 0
+    return 1 if any(finding.severity is Severity.ERROR for finding in findings) else 0
 
 
 def _run_mount(args: argparse.Namespace) -> int:
@@ -176,12 +186,31 @@ def _run_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_run(args: argparse.Namespace) -> int:
+    from hwcaps_fs.mount_options import parse_mount_options
+    from hwcaps_fs.run import RunConfig, run
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("run: no command given (hwcaps-fs run --root ROOT -- CMD [ARGS...])")
+    options = parse_mount_options(args.options, is_root=os.geteuid() == 0)
+    run(RunConfig(
+        root=args.root,
+        mountpoint=args.mountpoint,
+        command=command,
+        detect_options=detect_options(args, level=options.level),
+        mount_options=options,
+        layout=_layout(args.layout) or options.layout,
+    ))
+
+
 HANDLERS = {
     "levels": _run_levels,
     "which": _run_which,
     "check": _run_check,
     "mount": _run_mount,
     "umount": _run_umount,
+    "run": _run_run,
 }
 
 

@@ -1,18 +1,27 @@
 """Variant resolution: which candidate each name serves, and why the others were skipped.
 
-INTERFACE DRAFT — types fixed, function being implemented. Pure: no I/O, no FUSE.
+Pure: no I/O, no FUSE.
 
 glibc's rule for libraries, transplanted to executables: walk the active levels from the
 highest to the lowest, take the first usable candidate, else the baseline, else the name is
-absent.
+absent. "Usable" adds what glibc's path search does not check but its loader then enforces
+(``ld.so.cache`` lookups already skip on the ISA note): a variant that would fail to exec is
+skipped here, so the next one down runs instead of an error. Every refusal carries a one-line
+reason, because ``hwcaps-fs which`` shows them to explain the choice.
+
+The checks are a table of small functions (:data:`REFUSALS`), each returning a reason or None,
+so that ``check`` (:mod:`hwcaps_fs.lint`) can reuse the same wording.
 """
 
 from __future__ import annotations
 
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from hwcaps_fs.elf import ElfFacts, machine_name
 from hwcaps_fs.levels import Architecture
-from hwcaps_fs.store import Candidate
+from hwcaps_fs.store import Candidate, Store, show, writable_by_others
 
 
 @dataclass(frozen=True)
@@ -45,3 +54,160 @@ class Resolution:
     relpath: str
     served: Candidate | None
     skipped: tuple[Skip, ...]
+
+
+def cumulative_isa_bits(architecture: Architecture, level: str | None) -> int:
+    """The ISA_1 bits a CPU at ``level`` (None = baseline) has: its bit and every lower one."""
+    rank = 0 if level is None else architecture.rank(level)
+    chain = (architecture.baseline, *architecture.levels)[: rank + 1]
+    return sum(lvl.isa_bit or 0 for lvl in chain)
+
+
+def isa_level_name(architecture: Architecture, bits: int) -> str:
+    """The name of the highest level whose ISA bit is in ``bits`` (how to say what an ISA
+    note asks for), or the raw bits when they name no level."""
+    known = 0
+    name = None
+    for level in (architecture.baseline, *architecture.levels):
+        if level.isa_bit is not None:
+            known |= level.isa_bit
+            if bits & level.isa_bit:
+                name = level.name
+    if name is None or bits & ~known:
+        return f"unknown ISA bits {bits:#x}"
+    return name
+
+
+def machine_problem(elf: ElfFacts, architecture: Architecture) -> str | None:
+    """Why an ELF file cannot run on ``architecture`` (wrong machine, class or byte order)."""
+    little = architecture.byteorder == "little"
+    built = machine_name(elf.machine)
+    if elf.machine != architecture.e_machine:
+        return f"built for {built} (e_machine {elf.machine}), this is {architecture.name}"
+    if elf.elf_class != architecture.elf_class:
+        return (f"a {elf.elf_class}-bit ELF file for {built}, "
+                f"this is {architecture.name} ({architecture.elf_class}-bit)")
+    if elf.little_endian != little:
+        order = "little" if elf.little_endian else "big"
+        return f"a {order}-endian ELF file for {built}, this is {architecture.name}"
+    return None
+
+
+def isa_needed_beyond(candidate: Candidate, allowed: int | None) -> int | None:
+    """The ISA note of ``candidate`` when it asks for bits outside ``allowed``, else None
+    (also when there is no note, or no ``allowed`` because the note does not apply)."""
+    needed = candidate.elf.isa_needed if candidate.elf is not None else None
+    if needed is None or allowed is None or not needed & ~allowed:
+        return None
+    return needed
+
+
+def trust_problem(candidate: Candidate) -> str | None:
+    """Why a non-root user could have changed what ``candidate`` serves, if they could."""
+    if candidate.uid != 0:
+        return f"owned by uid {candidate.uid}, not root"
+    if writable_by_others(candidate.uid, candidate.mode):
+        return f"writable by group or others (mode {stat.S_IMODE(candidate.mode):04o})"
+    if candidate.untrusted_dir is not None:
+        return f"directory {show(candidate.untrusted_dir)} is writable by a non-root user"
+    return None
+
+
+def _scan_problem(candidate: Candidate, target: Target) -> str | None:
+    return candidate.problem
+
+
+def _not_regular(candidate: Candidate, target: Target) -> str | None:
+    return None if stat.S_ISREG(candidate.mode) else "not a regular file"
+
+
+def _not_executable(candidate: Candidate, target: Target) -> str | None:
+    if candidate.mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
+        return None
+    return f"not executable (mode {stat.S_IMODE(candidate.mode):04o})"
+
+
+def _wrong_machine(candidate: Candidate, target: Target) -> str | None:
+    return None if candidate.elf is None else machine_problem(candidate.elf, target.architecture)
+
+
+def _isa_too_high(candidate: Candidate, target: Target) -> str | None:
+    needed = isa_needed_beyond(candidate, target.isa_bits)
+    if needed is None or target.isa_bits is None:
+        return None
+    arch = target.architecture
+    return (f"needs {isa_level_name(arch, needed)} (ISA note {needed:#x}) "
+            f"but this CPU supports up to {isa_level_name(arch, target.isa_bits)}")
+
+
+def _untrusted(candidate: Candidate, target: Target) -> str | None:
+    return trust_problem(candidate) if target.require_trusted else None
+
+
+#: Why a candidate at an active level is not served, checked in this order (the first reason
+#: found is the one reported).
+REFUSALS: tuple[Callable[[Candidate, Target], str | None], ...] = (
+    _scan_problem,
+    _not_regular,
+    _not_executable,
+    _wrong_machine,
+    _isa_too_high,
+    _untrusted,
+)
+
+
+#: The baseline is what the directory holds without hwcaps-fs: it is served as it is (a data
+#: file, a binary of another machine, a too-high ISA note all behave exactly as they would
+#: without the mount, so an in-place view never hides a name), unless it is not a file at all
+#: or a non-root user could have written what root would run.
+BASELINE_REFUSALS: tuple[Callable[[Candidate, Target], str | None], ...] = (
+    _scan_problem,
+    _not_regular,
+    _untrusted,
+)
+
+
+def refusal(candidate: Candidate, target: Target) -> str | None:
+    """Why ``candidate`` cannot be served on ``target`` (its level aside), or None."""
+    checks = REFUSALS if candidate.level is not None else BASELINE_REFUSALS
+    for check in checks:
+        reason = check(candidate, target)
+        if reason is not None:
+            return reason
+    return None
+
+
+def resolve(
+    relpath: str, candidates: Mapping[str | None, Candidate], target: Target
+) -> Resolution:
+    """Which candidate ``relpath`` serves on ``target``, and why each better one was not.
+
+    Candidates at levels the target does not search are listed first (highest first) as
+    skipped, so that ``which`` can say why a v4 build was not taken on a v3 CPU; then the
+    active levels are tried in ``target.levels`` order, then the baseline.
+    """
+    arch = target.architecture
+    active = target.levels
+    inactive = tuple(level for level in reversed(arch.level_names) if level not in active)
+    shown = ", ".join(active) if active else "baseline only"
+    skipped = [
+        Skip(candidates[level], f"level {level} not supported by this CPU (active: {shown})")
+        for level in inactive
+        if level in candidates
+    ]
+    order: tuple[str | None, ...] = (*active, None)
+    for level in order:
+        candidate = candidates.get(level)
+        if candidate is None:
+            continue
+        reason = refusal(candidate, target)
+        if reason is None:
+            return Resolution(relpath, candidate, tuple(skipped))
+        skipped.append(Skip(candidate, reason))
+    return Resolution(relpath, None, tuple(skipped))
+
+
+def resolve_store(store: Store, target: Target) -> dict[str, Resolution]:
+    """The resolution of every file path of ``store`` (``served`` is None for the paths where
+    nothing is usable: the view leaves them out, ``which`` explains them)."""
+    return {relpath: resolve(relpath, found, target) for relpath, found in store.files.items()}

@@ -1,27 +1,42 @@
 """Variant stores: what is on disk under ROOT, gathered into candidates per relative path.
 
-INTERFACE DRAFT — the types are fixed (other modules build on them); the scanning functions are
-being implemented.
-
 Two layouts are understood:
 
 * ``glibc``: ``ROOT/<relpath>`` is the baseline, ``ROOT/glibc-hwcaps/<level>/<relpath>`` the
   variants (the layout glibc uses for libraries);
 * ``loader``: ``ROOT/<level>/<relpath>`` with ``x86-64-v1`` as the baseline (hwcaps-loader's).
 
+Each level (and the baseline) is a *tree*; the view is the recursive merge of the trees, so a
+directory that exists only in one variant tree still appears.
+
 Scanning does all the I/O (``fstatat``, reading ELF headers and ``security.capability``) through
-directory file descriptors opened from ROOT, never through paths that could cross a mount; the
-result is plain data that :mod:`hwcaps_fs.resolve` decides on without touching the disk.
+directory file descriptors opened from ROOT, never through paths that could cross a mount: the
+daemon may mount over ROOT itself, and a path resolved through its own mountpoint would ask the
+daemon, which is busy scanning (a deadlock beyond ``kill -9``). Symlinks are therefore resolved
+here, one component at a time from the ROOT fd, and only while they stay inside ROOT.
+
+Nothing found in the store makes a scan fail: an odd file becomes a candidate with a
+``problem`` that resolution skips, an odd directory a line in ``warnings``. Only a ROOT that is
+not a usable directory is an error (:class:`~hwcaps_fs.errors.PathError`).
+
+The result is plain data that :mod:`hwcaps_fs.resolve` decides on without touching the disk.
+Names that are not valid UTF-8 are kept as :func:`os.fsdecode` gives them (surrogate escapes),
+so every string here can be handed back to ``os`` functions unchanged.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from hwcaps_fs.elf import ElfFacts
-from hwcaps_fs.levels import Architecture
+from hwcaps_fs.elf import ElfError, ElfFacts, read_elf_facts_fd
+from hwcaps_fs.errors import PathError
+from hwcaps_fs.levels import ALL_LEVEL_NAMES, Architecture, architecture_of_level
 
 
 class Layout(enum.Enum):
@@ -31,6 +46,30 @@ class Layout(enum.Enum):
 
 #: The directory that holds the variants in the glibc layout (hidden from the view).
 GLIBC_HWCAPS_DIR = "glibc-hwcaps"
+
+#: The xattr that carries file capabilities (kept so the view can answer it from memory).
+CAPABILITY_XATTR = "security.capability"
+
+#: Symlinks followed for one name before it counts as a loop (the kernel's MAXSYMLINKS).
+MAX_SYMLINKS = 40
+
+#: How candidates are opened: never follow a symlink the scan has not vetted, never block on
+#: a FIFO that slipped in between the stat and the open.
+OPEN_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+OPEN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+#: What to call the kinds of files that cannot be served.
+FILE_KINDS: dict[int, str] = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFLNK: "a symlink",
+}
+
+#: ``untrusted_dir`` of a candidate when ROOT itself is the directory a non-root user can write.
+ROOT_DIR = "."
 
 
 @dataclass(frozen=True)
@@ -44,7 +83,10 @@ class Candidate:
     that escapes ROOT or loops, a FIFO, an unreadable or truncated file): resolution skips it
     with that message. ``elf`` is None for files that are not ELF (scripts).
     ``capability`` is the raw ``security.capability`` xattr, if any. ``untrusted_dir`` names
-    the first directory between ROOT and the file that a non-root user could write, if any.
+    the first directory between ROOT and the file that a non-root user could write, if any
+    (``"."`` is ROOT itself).
+    ``link_target`` is what ``path`` points to when it is a symlink (``readlink``), so that a
+    view can still present a symlink that leaves ROOT as a symlink.
     """
 
     level: str | None
@@ -64,6 +106,7 @@ class Candidate:
     capability: bytes | None = None
     untrusted_dir: str | None = None
     problem: str | None = None
+    link_target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,3 +145,458 @@ class Store:
 
     def candidates(self, relpath: str) -> Mapping[str | None, Candidate]:
         return self.files.get(relpath, {})
+
+
+def tree_roots(layout: Layout, architecture: Architecture) -> dict[str | None, str]:
+    """The ROOT-relative directory of each tree, by level (None = baseline), baseline first
+    and then the levels in ascending order (the order that decides :class:`DirInfo`)."""
+    roots: dict[str | None, str] = {}
+    if layout is Layout.GLIBC:
+        roots[None] = ""
+        roots.update((name, f"{GLIBC_HWCAPS_DIR}/{name}") for name in architecture.level_names)
+        return roots
+    if architecture.baseline_dir:
+        roots[None] = architecture.baseline_dir
+    roots.update((name, name) for name in architecture.level_names)
+    return roots
+
+
+def locate(store: Store, path: str) -> tuple[str | None, str] | None:
+    """Which tree a ROOT-relative ``path`` belongs to: ``(level, view relpath)``, or None when
+    it is outside every tree (``glibc-hwcaps`` itself, an unknown level directory...).
+
+    This is what a watcher needs to turn a change on disk into the view path to rescan.
+    """
+    roots = tree_roots(store.layout, store.architecture)
+    for level, top in roots.items():
+        if top and (path == top or path.startswith(top + "/")):
+            return level, path[len(top) + 1 :]
+    if store.layout is Layout.LOADER or _first(path) == GLIBC_HWCAPS_DIR:
+        return None
+    return None, path
+
+
+def detect_layout(root_fd: int) -> Layout:
+    """``glibc`` when ROOT has a ``glibc-hwcaps`` directory; ``loader`` when one of its
+    top-level directories is named like a level of any architecture (``x86-64-v1``...);
+    else ``glibc`` (a plain bin directory is a glibc store with no variants)."""
+    names = {name for name, is_dir in _list_dir(root_fd) if is_dir}
+    if GLIBC_HWCAPS_DIR in names:
+        return Layout.GLIBC
+    return Layout.LOADER if names & ALL_LEVEL_NAMES else Layout.GLIBC
+
+
+def scan(root: str, architecture: Architecture, layout: Layout | None = None) -> Store:
+    """Scan the store at the path ``root`` (None ``layout``: :func:`detect_layout`).
+
+    For a store that is about to be mounted over, open it first and use :func:`scan_fd`.
+    """
+    try:
+        root_fd = os.open(root, OPEN_DIR_FLAGS & ~os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise PathError(f"{root}: no such directory") from None
+    except NotADirectoryError:
+        raise PathError(f"{root}: not a directory") from None
+    except OSError as exc:
+        raise PathError(f"{root}: cannot open: {exc.strerror}") from None
+    try:
+        return scan_fd(root_fd, os.path.realpath(root), architecture, layout)
+    finally:
+        os.close(root_fd)
+
+
+def scan_fd(
+    root_fd: int, root_display: str, architecture: Architecture, layout: Layout | None = None
+) -> Store:
+    """Scan the store whose directory is open as ``root_fd`` (which stays open and is only
+    used through ``*at`` calls, so ROOT may already be mounted over).
+
+    ``root_display`` is ROOT's canonical absolute path: it names the store in messages and lets
+    absolute symlinks that point back inside ROOT be followed without crossing the mount.
+    """
+    try:
+        store = Store(root_display, layout or detect_layout(root_fd), architecture)
+    except OSError as exc:
+        raise PathError(f"{root_display}: cannot read: {exc.strerror}") from None
+    _Scanner(root_fd, store).scan_all()
+    return store
+
+
+def scan_path(store: Store, root_fd: int, relpath: str) -> dict[str | None, Candidate]:
+    """The candidates of one view path, scanned afresh (empty when it is no file in any tree).
+    ``store`` is not changed; see :func:`rescan_path`."""
+    return _Scanner(root_fd, store).candidates(relpath)
+
+
+def rescan_path(store: Store, root_fd: int, relpath: str) -> dict[str | None, Candidate]:
+    """Rescan one view path and record the result in ``store.files`` (removing the name when
+    no tree has it any more); returns its candidates."""
+    found = scan_path(store, root_fd, relpath)
+    if found:
+        store.files[relpath] = found
+    else:
+        store.files.pop(relpath, None)
+    return found
+
+
+def rescan_dir(store: Store, root_fd: int, reldir: str) -> list[str]:
+    """Rescan the view directory ``reldir`` and everything below it, replacing what ``store``
+    knew about that subtree (``""`` rescans everything). Returns the warnings of this rescan,
+    which are not added to ``store.warnings``."""
+    if not reldir:
+        fresh = scan_fd(root_fd, store.root, store.architecture, store.layout)
+        store.files, store.dirs = fresh.files, fresh.dirs
+        store.unknown_level_dirs, store.warnings = fresh.unknown_level_dirs, fresh.warnings
+        return list(fresh.warnings)
+    prefix = reldir + "/"
+    for table in (store.files, store.dirs):
+        for name in [name for name in table if name == reldir or name.startswith(prefix)]:
+            del table[name]
+    scanner = _Scanner(root_fd, store, warnings=[])
+    scanner.merge_subtree(reldir)
+    return scanner.warnings
+
+
+def show(path: str) -> str:
+    """``path`` printable as UTF-8 (undecodable bytes as ``\\xNN``), for messages."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _join(*parts: str) -> str:
+    return "/".join(part for part in parts if part)
+
+
+def _first(path: str) -> str:
+    return path.split("/", 1)[0]
+
+
+def _list_dir(fd: int) -> Iterator[tuple[str, bool]]:
+    """(name, is a real directory) of the entries of the directory open as ``fd``.
+
+    Lists through a fresh fd: ``scandir`` on a shared fd would move its offset for everyone.
+    """
+    own = os.open(".", OPEN_DIR_FLAGS, dir_fd=fd)
+    try:
+        with os.scandir(own) as entries:
+            for entry in entries:
+                yield entry.name, entry.is_dir(follow_symlinks=False)
+    finally:
+        os.close(own)
+
+
+class _Unservable(Exception):
+    """Why a name cannot be served (its message becomes the candidate's ``problem``)."""
+
+
+class _Scanner:
+    """One scan's state: the ROOT fd, the store being filled and a cache of which directories
+    are writable by non-root users."""
+
+    def __init__(self, root_fd: int, store: Store, warnings: list[str] | None = None) -> None:
+        self.root_fd = root_fd
+        self.store = store
+        self.roots = tree_roots(store.layout, store.architecture)
+        self.warnings = store.warnings if warnings is None else warnings
+        self.untrusted: dict[str, str | None] = {}
+
+    # -- the whole store -------------------------------------------------------------------
+
+    def scan_all(self) -> None:
+        self._report_foreign_dirs()
+        self.merge_subtree("")
+
+    def _report_foreign_dirs(self) -> None:
+        """Record the directories in level position that are not trees of this store."""
+        where = GLIBC_HWCAPS_DIR if self.store.layout is Layout.GLIBC else ""
+        parent = self._open_dir(where)
+        if parent is None:
+            return
+        known = {top for top in self.roots.values() if top}
+        try:
+            for name, is_dir in self._entries(parent, where):
+                path = _join(where, name)
+                if path in known:
+                    continue
+                if not is_dir:
+                    self.warn(f"ignored {show(path)}: not a level directory")
+                    continue
+                self.store.unknown_level_dirs.append(path)
+                self.warn(f"ignored {show(path)}: {self._foreign_reason(name)}")
+        finally:
+            os.close(parent)
+
+    def _foreign_reason(self, name: str) -> str:
+        arch = self.store.architecture
+        other = architecture_of_level(name)
+        layout = self.store.layout.value
+        if other is None:
+            return f"not a level name (levels of {arch.name}: {', '.join(self._level_dir_names())})"
+        if other.name != arch.name:
+            return f"a level of {other.name}, this store serves {arch.name}"
+        return f"not a level directory of the {layout} layout"
+
+    def _level_dir_names(self) -> list[str]:
+        return [top.rsplit("/", 1)[-1] for top in self.roots.values() if top]
+
+    # -- merging directories ---------------------------------------------------------------
+
+    def merge_subtree(self, reldir: str) -> None:
+        fds: dict[str | None, int] = {}
+        try:
+            for level, top in self.roots.items():
+                fd = self._open_dir(_join(top, reldir))
+                if fd is not None:
+                    fds[level] = fd
+            if fds or not reldir:
+                self._merge(reldir, fds)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def _merge(self, reldir: str, fds: dict[str | None, int]) -> None:
+        """Record ``reldir`` (whose directory in each tree that has it is open in ``fds``) and
+        everything below it."""
+        info_fd = next(iter(fds.values()), self.root_fd)
+        self.store.dirs[reldir] = _dir_info(reldir, os.fstat(info_fd))
+        found: dict[str, dict[str | None, os.stat_result]] = {}
+        for level, fd in fds.items():
+            where = _join(self.roots[level], reldir)
+            for name, _ in self._entries(fd, where):
+                if self._hidden(level, reldir, name):
+                    continue
+                try:
+                    found.setdefault(name, {})[level] = os.stat(
+                        name, dir_fd=fd, follow_symlinks=False
+                    )
+                except OSError as exc:
+                    self.warn(f"ignored {show(_join(where, name))}: {exc.strerror}")
+        for name in sorted(found):
+            self._merge_entry(_join(reldir, name), found[name], fds)
+
+    def _merge_entry(
+        self, relpath: str, stats: dict[str | None, os.stat_result], fds: dict[str | None, int]
+    ) -> None:
+        name = posixpath.basename(relpath)
+        dir_levels = [level for level, st in stats.items() if stat.S_ISDIR(st.st_mode)]
+        if not dir_levels:
+            self.store.files[relpath] = {
+                level: self._candidate(level, relpath, fds[level], name, st)
+                for level, st in stats.items()
+            }
+            return
+        for level in stats.keys() - set(dir_levels):
+            path = _join(self.roots[level], relpath)
+            self.warn(f"ignored {show(path)}: another tree has a directory of that name")
+        subfds: dict[str | None, int] = {}
+        try:
+            for level in dir_levels:
+                try:
+                    subfds[level] = os.open(name, OPEN_DIR_FLAGS, dir_fd=fds[level])
+                except OSError as exc:
+                    path = _join(self.roots[level], relpath)
+                    self.warn(f"ignored {show(path)}: cannot open: {exc.strerror}")
+            if subfds:
+                self._merge(relpath, subfds)
+        finally:
+            for fd in subfds.values():
+                os.close(fd)
+
+    def _hidden(self, level: str | None, reldir: str, name: str) -> bool:
+        """``glibc-hwcaps`` is the variants' home, not part of the view."""
+        return (
+            self.store.layout is Layout.GLIBC
+            and level is None
+            and not reldir
+            and name == GLIBC_HWCAPS_DIR
+        )
+
+    def _entries(self, fd: int, path: str) -> list[tuple[str, bool]]:
+        try:
+            return list(_list_dir(fd))
+        except OSError as exc:
+            self.warn(f"cannot list {show(path or ROOT_DIR)}: {exc.strerror}")
+            return []
+
+    def _open_dir(self, path: str) -> int | None:
+        """An fd of the ROOT-relative directory ``path``, opened one component at a time
+        without following symlinks; None when it is not a directory."""
+        fd = os.open(".", OPEN_DIR_FLAGS, dir_fd=self.root_fd)
+        for part in path.split("/") if path else ():
+            try:
+                sub = os.open(part, OPEN_DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    self.warn(f"cannot open {show(path)}: {exc.strerror}")
+                sub = -1
+            os.close(fd)
+            if sub < 0:
+                return None
+            fd = sub
+        return fd
+
+    # -- one path --------------------------------------------------------------------------
+
+    def candidates(self, relpath: str) -> dict[str | None, Candidate]:
+        reldir, name = posixpath.split(relpath)
+        found: dict[str | None, Candidate] = {}
+        for level, top in self.roots.items():
+            if self._hidden(level, reldir, name):
+                continue
+            fd = self._open_dir(_join(top, reldir))
+            if fd is None:
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    found[level] = self._candidate(level, relpath, fd, name, st)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return found
+
+    def _candidate(
+        self, level: str | None, relpath: str, dir_fd: int, name: str, lst: os.stat_result
+    ) -> Candidate:
+        """The candidate for ``name`` (lstat ``lst``) in the directory open as ``dir_fd``."""
+        path = _join(self.roots[level], relpath)
+        link_target = None
+        source, st, open_at = path, lst, (dir_fd, name)
+        try:
+            if stat.S_ISLNK(lst.st_mode):
+                link_target = os.readlink(name, dir_fd=dir_fd)
+                source, st = self._follow(path)
+                open_at = (self.root_fd, source)
+            kind = FILE_KINDS.get(stat.S_IFMT(st.st_mode))
+            if kind is not None:
+                raise _Unservable(f"{kind}, not a regular file")
+            return self._read_file(level, path, source, open_at, link_target)
+        except _Unservable as exc:
+            return _candidate(level, path, source, st, problem=str(exc), link_target=link_target)
+        except OSError as exc:
+            return _candidate(
+                level, path, source, st, problem=f"cannot read: {exc.strerror}",
+                link_target=link_target,
+            )
+
+    def _read_file(
+        self, level: str | None, path: str, source: str, open_at: tuple[int, str],
+        link_target: str | None,
+    ) -> Candidate:
+        fd = os.open(open_at[1], OPEN_FILE_FLAGS, dir_fd=open_at[0])
+        try:
+            st = os.fstat(fd)
+            problem = None
+            elf = None
+            try:
+                elf = read_elf_facts_fd(fd)
+            except ElfError as exc:
+                problem = f"malformed ELF file: {exc}"
+            return _candidate(
+                level, path, source, st, elf=elf, capability=_capability(fd),
+                untrusted_dir=self._untrusted_dir(posixpath.dirname(source)), problem=problem,
+                link_target=link_target,
+            )
+        finally:
+            os.close(fd)
+
+    def _follow(self, path: str) -> tuple[str, os.stat_result]:
+        """Resolve the symlink ``path`` inside ROOT: (final ROOT-relative path, its lstat).
+
+        Absolute targets under ``store.root`` are taken as ROOT-relative, since resolving
+        them as given could cross a mount over ROOT.
+        """
+        pending = path.split("/")
+        done: list[str] = []
+        links = 0
+        target = ""
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not done:
+                    raise _Unservable(f"symlink leaves {show(self.store.root)} (-> {show(target)})")
+                done.pop()
+                continue
+            here = "/".join((*done, part))
+            try:
+                st = os.stat(here, dir_fd=self.root_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise _Unservable(f"dangling symlink: {show(here)} does not exist") from None
+            except NotADirectoryError:
+                raise _Unservable(f"dangling symlink: {show(posixpath.dirname(here))} "
+                                  "is not a directory") from None
+            if not stat.S_ISLNK(st.st_mode):
+                done.append(part)
+                if pending and not stat.S_ISDIR(st.st_mode):
+                    raise _Unservable(f"dangling symlink: {show(here)} is not a directory")
+                if not pending:
+                    return here, st
+                continue
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise _Unservable(f"more than {MAX_SYMLINKS} symlinks (a loop?)")
+            target = os.readlink(here, dir_fd=self.root_fd)
+            if target.startswith("/"):
+                inside = self.store.root.rstrip("/") + "/"
+                if not target.startswith(inside):
+                    raise _Unservable(f"symlink leaves {show(self.store.root)} (-> {show(target)})")
+                done, target = [], target[len(inside) :]
+            pending = target.split("/") + pending
+        # Only reached when ROOT itself is the target.
+        raise _Unservable("symlink to the store's root directory")
+
+    def _untrusted_dir(self, reldir: str) -> str | None:
+        """The first directory from ROOT down to ``reldir`` that a non-root user may write."""
+        if reldir in self.untrusted:
+            return self.untrusted[reldir]
+        above = self._untrusted_dir(posixpath.dirname(reldir)) if reldir else None
+        if above is None:
+            name = reldir or ROOT_DIR
+            try:
+                st = os.stat(name, dir_fd=self.root_fd, follow_symlinks=False)
+                above = name if writable_by_others(st.st_uid, st.st_mode) else None
+            except OSError:
+                above = name
+        self.untrusted[reldir] = above
+        return above
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def writable_by_others(uid: int, mode: int) -> bool:
+    """Whether someone other than root may replace what a file or directory holds: it is not
+    root's, or it is group/other-writable (for a directory, unless sticky)."""
+    if uid != 0:
+        return True
+    if stat.S_ISDIR(mode) and mode & stat.S_ISVTX:
+        return False
+    return bool(mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _capability(fd: int) -> bytes | None:
+    try:
+        return os.getxattr(fd, CAPABILITY_XATTR)
+    except OSError:
+        return None
+
+
+def _candidate(
+    level: str | None, path: str, source: str, st: os.stat_result, *,
+    elf: ElfFacts | None = None, capability: bytes | None = None,
+    untrusted_dir: str | None = None, problem: str | None = None, link_target: str | None = None,
+) -> Candidate:
+    return Candidate(
+        level, path, source, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_ino,
+        st.st_dev, st.st_nlink, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
+        elf, capability, untrusted_dir, problem, link_target,
+    )
+
+
+def _dir_info(path: str, st: os.stat_result) -> DirInfo:
+    return DirInfo(
+        path, st.st_mode, st.st_uid, st.st_gid, st.st_ino, st.st_dev, st.st_atime_ns,
+        st.st_mtime_ns, st.st_ctime_ns,
+    )
