@@ -1,0 +1,313 @@
+"""The FUSE request handlers: each one a dictionary lookup into the view and a prebuilt reply.
+
+Every exec through the mount waits for at least one of these handlers (OPEN, or READLINK in
+the symlink presentation), so they are written to the floor measured in research/fuse-floor.md:
+
+* entries and attributes are cached by the kernel for a day (:data:`CACHE_TIMEOUT`); an update
+  is a new inode number plus one invalidated directory entry (:meth:`HwcapsOperations.swap`);
+* ``open`` does no I/O and returns a prebuilt FileInfo with ``keep_cache``; the file handle is
+  the inode number itself, since pyfuse3's ``read`` only gets the handle; the backing file is
+  opened on the first READ (:mod:`hwcaps_fs.backing`);
+* ``release`` returns at once and ``flush`` declines for good (ENOSYS): both sit on the exec path;
+* the mount is nosuid, so the kernel never asks ``security.capability`` at exec; extended
+  attributes are answered from memory (``xattr=off`` declines them all with ENOSYS, which makes
+  ``ls -l`` cheap at the cost of ``user.hwcaps.*``);
+* blocking work (reads, statfs) runs in worker threads: one stuck handler would stall every exec.
+
+Everything that would write answers EROFS. A handler that fails unexpectedly answers EIO and
+logs one line: pyfuse3 lets any exception other than FUSEError end its main loop, which would
+take every mounted name away.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from hwcaps_fs.backing import BackingFiles, ReplacedError
+from hwcaps_fs.view import Attributes, Node, View, changed_directories, changed_entries
+
+log = logging.getLogger(__name__)
+
+#: Entry and attribute timeout in seconds: a day, with explicit invalidation on every change.
+CACHE_TIMEOUT = 86400.0
+
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+def guarded(
+    handler: Callable[_Params, Coroutine[Any, Any, _Result]],
+) -> Callable[_Params, Coroutine[Any, Any, _Result]]:
+    """Turn an unexpected exception in ``handler`` into a logged EIO instead of a dead daemon."""
+
+    @functools.wraps(handler)
+    async def guarded(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            log.error("internal error in %s (answered EIO): %r", handler.__name__, exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return guarded
+
+
+def _read_only(name: str) -> Callable[..., Coroutine[Any, Any, NoReturn]]:
+    """A handler for a request that would modify the view: always EROFS."""
+
+    async def refuse(*_args: object) -> NoReturn:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    refuse.__name__ = name
+    return refuse
+
+
+def entry_attributes(attributes: Attributes) -> pyfuse3.EntryAttributes:
+    """The pyfuse3 reply for ``attributes``, with the long cache timeouts."""
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = attributes.ino
+    entry.generation = 0
+    entry.entry_timeout = CACHE_TIMEOUT
+    entry.attr_timeout = CACHE_TIMEOUT
+    entry.st_mode = attributes.mode
+    entry.st_nlink = attributes.nlink
+    entry.st_uid = attributes.uid
+    entry.st_gid = attributes.gid
+    entry.st_rdev = 0
+    entry.st_size = attributes.size
+    entry.st_blksize = 4096
+    entry.st_blocks = attributes.blocks
+    entry.st_atime_ns = attributes.atime_ns
+    entry.st_mtime_ns = attributes.mtime_ns
+    entry.st_ctime_ns = attributes.ctime_ns
+    return entry
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the handlers answer about one inode, built once per view."""
+
+    node: Node
+    entry: pyfuse3.EntryAttributes
+    file_info: pyfuse3.FileInfo | None
+
+    @classmethod
+    def of(cls, node: Node) -> Reply:
+        is_file = node.served is not None and node.link_target is None
+        file_info = pyfuse3.FileInfo(fh=node.inode, keep_cache=True) if is_file else None
+        return cls(node, entry_attributes(node.attributes), file_info)
+
+
+_NO_CHILDREN: Mapping[bytes, int] = {}
+
+
+class HwcapsOperations(pyfuse3.Operations):
+    """The read-only merged view, served from a :class:`~hwcaps_fs.view.View`.
+
+    ``swap`` installs a new view. Inodes that left the view but that the kernel may still use
+    (its lookup count is not zero) are *retired*, not dropped: a process that looked the name
+    up before the update still gets its attributes and its old file's bytes.
+    """
+
+    supports_dot_lookup = False
+
+    def __init__(self, view: View, backing: BackingFiles, root_fd: int, *,
+                 xattrs: bool) -> None:
+        super().__init__()
+        self._view = view
+        self._replies = {ino: Reply.of(node) for ino, node in view.nodes.items()}
+        self._retired: dict[int, Reply] = {}
+        self._lookups: Counter[int] = Counter()
+        self._backing = backing
+        self._root_fd = root_fd
+        self._xattrs = xattrs
+        self._listings: dict[int, tuple[tuple[bytes, int], ...]] = {}
+        self._handles = itertools.count(1)
+
+    # -- the view ------------------------------------------------------------------------
+
+    def _reply(self, inode: int) -> Reply:
+        reply = self._replies.get(inode) or self._retired.get(inode)
+        if reply is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return reply
+
+    async def swap(self, view: View) -> None:
+        """Serve ``view`` from now on and make the kernel forget what changed."""
+        old_view, old_replies = self._view, self._replies
+        replies: dict[int, Reply] = {}
+        for ino, node in view.nodes.items():
+            previous = old_replies.get(ino)
+            replies[ino] = previous if previous and previous.node == node else Reply.of(node)
+        self._view, self._replies = view, replies
+        gone = [ino for ino in old_replies if ino not in replies]
+        self._retired.update((ino, old_replies[ino]) for ino in gone if self._lookups[ino])
+        await self._discard([ino for ino in gone if not self._lookups[ino]])
+        for parent, name in changed_entries(old_view, view):
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        for directory in changed_directories(old_view, view):
+            await trio.to_thread.run_sync(_invalidate_attributes, directory)
+
+    async def _discard(self, inodes: list[int]) -> None:
+        if inodes:
+            await trio.to_thread.run_sync(self._backing.discard, inodes)
+
+    # -- lookups -------------------------------------------------------------------------
+
+    @guarded
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        inode = self._view.children.get(parent_inode, _NO_CHILDREN).get(name)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self._lookups[inode] += 1
+        return self._replies[inode].entry
+
+    @guarded
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        forgotten = []
+        for inode, count in inode_list:
+            self._lookups[inode] -= count
+            if self._lookups[inode] <= 0:
+                del self._lookups[inode]
+                self._retired.pop(inode, None)
+                forgotten.append(inode)
+        await self._discard(forgotten)
+
+    @guarded
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._reply(inode).entry
+
+    @guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        target = self._reply(inode).node.link_target
+        if target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return target
+
+    # -- files ---------------------------------------------------------------------------
+
+    @guarded
+    async def open(self, inode: int, flags: int,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        file_info = self._reply(inode).file_info
+        if file_info is None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return file_info
+
+    @guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        candidate = self._reply(fh).node.served
+        if candidate is None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        try:
+            return await trio.to_thread.run_sync(self._backing.pread, fh, candidate, off, size)
+        except ReplacedError as exc:
+            log.warning("cannot serve %s: %s", candidate.path, exc.strerror)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as exc:
+            log.warning("cannot read %s: %s", candidate.source, exc.strerror)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+    async def flush(self, fh: int) -> None:
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
+    async def release(self, fh: int) -> None:
+        return None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    # -- directories ---------------------------------------------------------------------
+
+    @guarded
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        listing = self._view.listing.get(inode)
+        if listing is None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR if inode in self._replies else errno.ENOENT)
+        handle = next(self._handles)
+        self._listings[handle] = listing
+        return handle
+
+    @guarded
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        listing = self._listings[fh]
+        for index in range(start_id, len(listing)):
+            name, inode = listing[index]
+            reply = self._replies.get(inode) or self._retired.get(inode)
+            if reply is None:
+                continue
+            if not pyfuse3.readdir_reply(token, name, reply.entry, index + 1):
+                break
+            self._lookups[inode] += 1
+
+    async def releasedir(self, fh: int) -> None:
+        self._listings.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    @guarded
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        found = await trio.to_thread.run_sync(os.fstatvfs, self._root_fd)
+        data = pyfuse3.StatvfsData()
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                      "f_ffree", "f_favail", "f_namemax"):
+            setattr(data, field, getattr(found, field))
+        return data
+
+    # -- extended attributes -------------------------------------------------------------
+
+    @guarded
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not self._xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        value = (self._reply(inode).node.xattrs or {}).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @guarded
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if not self._xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        return list(self._reply(inode).node.xattrs or ())
+
+    # -- everything that writes ----------------------------------------------------------
+
+    setattr = _read_only("setattr")
+    mknod = _read_only("mknod")
+    mkdir = _read_only("mkdir")
+    unlink = _read_only("unlink")
+    rmdir = _read_only("rmdir")
+    symlink = _read_only("symlink")
+    rename = _read_only("rename")
+    link = _read_only("link")
+    write = _read_only("write")
+    create = _read_only("create")
+    setxattr = _read_only("setxattr")
+    removexattr = _read_only("removexattr")
+
+
+def _invalidate_attributes(inode: int) -> None:
+    """Drop the kernel's cached attributes of a directory (not its pages: it has none)."""
+    try:
+        pyfuse3.invalidate_inode(inode, attr_only=True)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("cannot invalidate inode %d: %s", inode, exc.strerror)

@@ -1,0 +1,140 @@
+"""``-o`` mount options: what the user (or mount(8) through mount.fuse3) asked for.
+
+Some options are ours, some are FUSE's, and many are the generic words mount(8) and
+mount.fuse3 put on every command line (``rw``, ``dev``, ``suid``, ``defaults``, ``_netdev``,
+``x-systemd.*``...). Those are accepted and ignored rather than refused, because a refusal
+would make an fstab line that looks perfectly normal fail at boot.
+
+Three things are never up to the options, for the reasons in research/fuse.md:
+
+* the mount is always ``ro``: the view has no place to write to;
+* it is always ``nosuid,nodev``: setuid, setgid and file-capability programs are presented as
+  symlinks to the real file (which keeps their privileges), and a nosuid mount is what stops the
+  kernel from asking ``security.capability`` on every exec (a round trip per exec saved);
+  mount.fuse3 appends ``dev,suid`` on its own, so those words cannot mean a request;
+* ``default_permissions`` is always on: the kernel checks modes itself, so ``access`` never
+  reaches the daemon.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from hwcaps_fs.errors import UsageError
+from hwcaps_fs.store import Layout
+from hwcaps_fs.view import Presentation
+
+#: Words mount(8), mount.fuse3, fstab and systemd pass along that mean nothing to a read-only,
+#: nosuid, nodev FUSE view; accepted and ignored.
+IGNORED_WORDS = frozenset({
+    "rw", "ro", "dev", "nodev", "suid", "nosuid", "atime", "noatime", "relatime",
+    "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime", "diratime",
+    "nodiratime", "defaults", "_netdev", "nofail", "auto", "noauto", "user", "nouser",
+    "users", "owner", "group", "async", "sync", "dirsync", "silent", "loud", "nomand", "mand",
+    "default_permissions",
+})
+
+#: Prefixes of options for other programs (systemd, mount(8) comments), ignored.
+IGNORED_PREFIXES = ("x-", "comment=")
+
+
+class Switch(enum.Enum):
+    """The value of an on/off option."""
+
+    ON = "on"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """Parsed ``-o`` options.
+
+    FUSE side: ``allow_other`` (default when root: a bin directory is for everyone),
+    ``auto_unmount`` (fusermount3 removes the mount if the daemon dies; libfuse then forces
+    nosuid, which the symlink presentation of privileged programs makes harmless), ``noexec``,
+    ``debug`` (libfuse prints every request on stderr), ``fsname``/``subtype`` (what
+    /proc/mounts shows; the type is ``fuse.<subtype>``).
+
+    hwcaps-fs side: ``level`` caps the level served (as ``--level``), ``layout`` the store
+    layout (as ``--layout``), ``presentation`` whether names are regular files (default:
+    /proc/self/exe, argv[0] and $ORIGIN keep the mounted path) or symlinks to the served
+    variant, ``xattr``: with ``off`` getxattr is declined once for all (ENOSYS), which makes
+    ``ls -l`` much cheaper (no two round trips per entry for security.selinux and the ACL) at
+    the cost of the ``user.hwcaps.*`` attributes.
+    """
+
+    allow_other: bool
+    auto_unmount: bool = False
+    noexec: bool = False
+    debug: bool = False
+    fsname: str = "hwcaps-fs"
+    subtype: str = "hwcaps-fs"
+    level: str | None = None
+    layout: Layout | None = None
+    presentation: Presentation = Presentation.FILES
+    xattr: bool = True
+
+    def fuse_options(self) -> set[str]:
+        """The options handed to libfuse (``pyfuse3.init``)."""
+        options = {"ro", "nosuid", "nodev", "default_permissions",
+                   f"fsname={self.fsname}", f"subtype={self.subtype}"}
+        flags = {"allow_other": self.allow_other, "auto_unmount": self.auto_unmount,
+                 "noexec": self.noexec, "debug": self.debug}
+        options.update(name for name, on in flags.items() if on)
+        return options
+
+
+_Choice = TypeVar("_Choice", bound=enum.Enum)
+
+
+#: Options that are a bare word turning something on.
+FLAGS = frozenset({"allow_other", "auto_unmount", "noexec", "debug"})
+
+#: Options whose value is one of an enumeration's.
+CHOICES: dict[str, type[enum.Enum]] = {
+    "layout": Layout, "presentation": Presentation, "xattr": Switch,
+}
+
+
+def _choice(kind: type[_Choice], name: str, value: str) -> _Choice:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = "|".join(str(member.value) for member in kind)
+        raise UsageError(f"mount option {name}={value}: expected {allowed}") from None
+
+
+def _split(texts: Sequence[str]) -> list[tuple[str, str | None]]:
+    words = [word.strip() for text in texts for word in text.split(",")]
+    pairs: list[tuple[str, str | None]] = []
+    for word in filter(None, words):
+        name, equals, value = word.partition("=")
+        pairs.append((name, value if equals else None))
+    return pairs
+
+
+def parse_mount_options(texts: Sequence[str], *, is_root: bool) -> MountOptions:
+    """Parse the ``-o`` arguments (each a comma-separated list; later words win).
+
+    Raises :class:`UsageError` naming the first option it does not know, or a bad value.
+    """
+    settings: dict[str, Any] = {"allow_other": is_root}
+    for name, value in _split(texts):
+        word = name if value is None else f"{name}={value}"
+        if word in IGNORED_WORDS or word.startswith(IGNORED_PREFIXES):
+            continue
+        if value is None and name in FLAGS:
+            settings[name] = True
+        elif value is None and name == "exec":
+            settings["noexec"] = False
+        elif value and name in {"fsname", "subtype", "level"}:
+            settings[name] = value
+        elif value and name in CHOICES:
+            choice = _choice(CHOICES[name], name, value)
+            settings[name] = choice is Switch.ON if isinstance(choice, Switch) else choice
+        else:
+            raise UsageError(f"unknown mount option '{word}'")
+    return MountOptions(**settings)

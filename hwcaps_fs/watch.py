@@ -1,0 +1,210 @@
+"""Following the store while it is mounted: inotify on every directory under ROOT.
+
+Package managers replace a program by writing a new file and renaming it over the old one, in
+the baseline tree or in any level's tree; a new level directory can appear, a subtree can be
+removed. Every directory under ROOT is watched (the variant trees included), each change is
+mapped back to the view path it affects, and only those paths are rescanned
+(:func:`apply_changes`); the daemon then rebuilds the view and invalidates what changed.
+
+Watches are added through ``/proc/self/fd/N`` of directory fds walked from the ROOT fd, never
+through a path: ROOT may be the mountpoint, and a path lookup through our own mount from the
+daemon would deadlock. The event decoding is pure (:func:`decode_events`); the inotify calls go
+through ctypes because the standard library has no binding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import posixpath
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import trio
+
+from hwcaps_fs.store import Store, locate, rescan_dir, rescan_path
+
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_ISDIR = 0x40000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+#: What changes the view: entries appearing, disappearing, replaced, rewritten or re-moded
+#: (chmod, chown, setcap change IN_ATTRIB). IN_MODIFY is left out: the close that ends a
+#: write reports the same change once instead of once per write. No IN_DONT_FOLLOW: watches
+#: are added through the /proc/self/fd magic link, which must be followed.
+WATCH_MASK = (IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+              | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+
+#: Events that concern the watched directory itself rather than an entry in it.
+SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF
+
+#: ``struct inotify_event`` without its name: wd, mask, cookie, len.
+EVENT_HEADER = struct.Struct("=iIII")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One inotify event: ``name`` is the entry in the watched directory ("" for the
+    directory itself)."""
+
+    wd: int
+    mask: int
+    cookie: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """A ROOT-relative ``path`` whose entry changed; ``is_dir`` when it is (or was) a directory."""
+
+    path: str
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The changes of one batch of events; ``overflow`` when the kernel dropped events (then
+    only a full rescan is safe)."""
+
+    changes: frozenset[Change]
+    overflow: bool = False
+
+
+def decode_events(data: bytes) -> list[Event]:
+    """The events packed in one ``read`` of an inotify fd."""
+    events = []
+    offset = 0
+    while offset + EVENT_HEADER.size <= len(data):
+        wd, mask, cookie, length = EVENT_HEADER.unpack_from(data, offset)
+        offset += EVENT_HEADER.size
+        raw = data[offset:offset + length].split(b"\0", 1)[0]
+        offset += length
+        events.append(Event(wd, mask, cookie, os.fsdecode(raw)))
+    return events
+
+
+def changes_of(events: Iterable[Event], directories: Mapping[int, str]) -> Changes:
+    """What ``events`` changed, as ROOT-relative paths, given the directory each watch
+    descriptor watches. Events of unknown descriptors (already removed) are dropped."""
+    found: set[Change] = set()
+    overflow = False
+    for event in events:
+        if event.mask & IN_Q_OVERFLOW:
+            overflow = True
+            continue
+        directory = directories.get(event.wd)
+        if directory is None or event.mask & IN_IGNORED:
+            continue
+        if event.mask & SELF_EVENTS or not event.name:
+            found.add(Change(directory, True))
+        else:
+            path = f"{directory}/{event.name}" if directory else event.name
+            found.add(Change(path, bool(event.mask & IN_ISDIR)))
+    return Changes(frozenset(found), overflow)
+
+
+def apply_changes(store: Store, root_fd: int, changes: Changes) -> list[str]:
+    """Rescan in ``store`` what ``changes`` touched; returns the warnings of the rescans.
+
+    A change outside every tree (``glibc-hwcaps`` itself, a level directory appearing) or a
+    lost event rescans everything; a directory rescans its subtree; a file only its name.
+    """
+    located = [(change, locate(store, change.path)) for change in changes.changes]
+    if changes.overflow or any(where is None or not where[1] for _, where in located):
+        return rescan_dir(store, root_fd, "")
+    warnings: list[str] = []
+    directories = {where[1] for change, where in located if where and change.is_dir}
+    for directory in sorted(directories):
+        if not any(directory.startswith(f"{other}/") for other in directories):
+            warnings += rescan_dir(store, root_fd, directory)
+    for change, where in located:
+        if where and not change.is_dir and not _below(where[1], directories):
+            rescan_path(store, root_fd, where[1])
+    return warnings
+
+
+def _below(relpath: str, directories: set[str]) -> bool:
+    return any(relpath.startswith(f"{directory}/") for directory in directories)
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+    return result
+
+
+class Watcher:
+    """An inotify instance watching every directory under the ROOT fd.
+
+    :meth:`sync` (blocking: run it in a thread) adds watches for directories that appeared and
+    drops those that left; :meth:`next_changes` waits for the next batch of changes.
+    """
+
+    def __init__(self, root_fd: int) -> None:
+        self._root_fd = root_fd
+        self._fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
+        self._directories: dict[int, str] = {}
+
+    def sync(self) -> list[str]:
+        """Watch every directory under ROOT now; returns warnings (directories that cannot
+        be watched: the view then misses their updates)."""
+        warnings: list[str] = []
+        seen: dict[int, str] = {}
+        for path, _dirs, _files, dir_fd in os.fwalk(".", dir_fd=self._root_fd):
+            relpath = "" if path == "." else posixpath.relpath(path, ".")
+            try:
+                wd = _check(_libc.inotify_add_watch(
+                    self._fd, f"/proc/self/fd/{dir_fd}".encode(), WATCH_MASK),
+                    "inotify_add_watch")
+            except OSError as exc:
+                warnings.append(f"cannot watch {relpath or '.'}: {exc.strerror}; "
+                                "changes there are not followed")
+                continue
+            seen[wd] = relpath
+        for wd in self._directories.keys() - seen.keys():
+            _libc.inotify_rm_watch(self._fd, wd)
+        self._directories = seen
+        return warnings
+
+    def _read(self) -> list[Event]:
+        events: list[Event] = []
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return events
+            events += decode_events(data)
+
+    async def next_changes(self, settle: float = 0.05, limit: float = 0.5) -> Changes:
+        """Wait for changes, then gather more until none came for ``settle`` seconds (a
+        package manager writes, then renames) or ``limit`` seconds passed."""
+        events: list[Event] = []
+        while not events:
+            await trio.lowlevel.wait_readable(self._fd)
+            events = self._read()
+        with trio.move_on_after(limit):
+            while True:
+                with trio.move_on_after(settle) as quiet:
+                    await trio.lowlevel.wait_readable(self._fd)
+                if quiet.cancelled_caught:
+                    break
+                events += self._read()
+        return changes_of(events, self._directories)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -1,0 +1,154 @@
+"""Real hwcaps-fs mounts for tests: started through the command line, always torn down.
+
+:func:`mounted` runs ``hwcaps-fs mount --foreground`` as a subprocess and waits for its READY=1
+on a private $NOTIFY_SOCKET (the systemd protocol, so that path is tested too). Whatever the
+test does, the exit path stops the daemon (SIGTERM, then SIGKILL), detaches any mount left at
+the mountpoint and at its bind mount, and kills any daemon still serving that mountpoint (a
+background mount's detached daemon included). Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hwcaps_fs.daemon import RUNTIME_DIR, mounts_at, runtime_name
+
+#: Upper bound for a mount to become ready or a daemon to exit.
+DEADLINE = 15.0
+
+#: The environment of the commands: this checkout importable from any working directory.
+ENVIRONMENT = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def hwcaps_fs(*args: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
+    """Run the command line as a subprocess (stdio captured, time-bound)."""
+    return subprocess.run([sys.executable, "-m", "hwcaps_fs", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False, env=ENVIRONMENT, cwd="/")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``condition`` until true; returns the seconds it took, fails after ``timeout``."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def is_fuse_mounted(path: Path) -> bool:
+    return any(entry.fstype.startswith("fuse") for entry in mounts_at(str(path)))
+
+
+def daemon_pids(mountpoint: Path) -> list[int]:
+    """Processes whose command line is ``hwcaps_fs mount ... MOUNTPOINT``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"hwcaps_fs" in argv and b"mount" in argv and os.fsencode(mountpoint) in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _detach_all(path: Path) -> None:
+    for _ in range(len(mounts_at(str(path)))):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=DEADLINE,
+                       check=False)
+
+
+def cleanup(mountpoint: Path) -> None:
+    """Leave no daemon, FUSE mount or bind mount behind for ``mountpoint``."""
+    for pid in daemon_pids(mountpoint):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if is_fuse_mounted(mountpoint):
+        _detach_all(mountpoint)
+    bind = Path(RUNTIME_DIR, runtime_name(os.path.abspath(mountpoint)))
+    if bind.exists():
+        _detach_all(bind)
+        with contextlib.suppress(OSError):
+            bind.rmdir()
+
+
+@dataclass
+class Mount:
+    """A running foreground daemon serving ``path``; ``log`` collects its stderr."""
+
+    path: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the daemon and wait for it; returns its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=DEADLINE)
+
+
+def _ready_socket(directory: Path) -> socket.socket:
+    path = directory / "notify.sock"
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.1)
+    return sock
+
+
+def _wait_ready(sock: socket.socket, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        try:
+            if b"READY=1" in sock.recv(4096):
+                return
+        except TimeoutError:
+            pass
+        if process.poll() is not None:
+            raise AssertionError(f"the daemon exited with {process.returncode}:\n"
+                                 f"{log.read_text(errors='replace')}")
+    raise AssertionError(f"no READY=1 within {DEADLINE} s:\n{log.read_text(errors='replace')}")
+
+
+@contextlib.contextmanager
+def mounted(root: Path, mountpoint: Path, *args: str,
+            env: dict[str, str] | None = None) -> Iterator[Mount]:
+    """``hwcaps-fs mount --foreground --root ROOT [args] MOUNTPOINT`` for the ``with`` body."""
+    work = mountpoint.parent / f".{mountpoint.name}.daemon"
+    work.mkdir(exist_ok=True)
+    log = work / "stderr"
+    sock = _ready_socket(work)
+    command = [sys.executable, "-m", "hwcaps_fs", "mount", "--foreground", "--root", str(root),
+               *args, str(mountpoint)]
+    environment = {**ENVIRONMENT, **(env or {}), "NOTIFY_SOCKET": str(work / "notify.sock")}
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr,
+                                   stderr=stderr, env=environment, cwd="/")
+    try:
+        _wait_ready(sock, process, log)
+        yield Mount(mountpoint, process, log)
+    finally:
+        sock.close()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=DEADLINE)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=DEADLINE)
+        cleanup(mountpoint)

@@ -1,0 +1,299 @@
+"""Real mounts: exec, stat, xattrs, read-only, other users, privileges, in place, live
+updates, background mode, crashes. Each test mounts through the command line and always
+unmounts (tests.mounting)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hwcaps_fs.cpu import DetectOptions, detect
+from hwcaps_fs.daemon import RUNTIME_DIR, runtime_name
+from tests.builders import compile_c, compile_level, install
+from tests.mounting import (
+    DEADLINE,
+    cleanup,
+    daemon_pids,
+    hwcaps_fs,
+    is_fuse_mounted,
+    mounted,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.mount, pytest.mark.usefixtures("fuse_ok")]
+
+VARIANTS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
+
+PRINT_EUID = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("euid=%d\n", (int)geteuid()); return 0; }
+"""
+
+PRINT_CAPEFF = r"""
+#include <stdio.h>
+#include <string.h>
+int main(void) {
+    char line[256]; FILE *f = fopen("/proc/self/status", "r");
+    while (fgets(line, sizeof line, f)) if (!strncmp(line, "CapEff:", 7)) fputs(line, stdout);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def level() -> str:
+    """The level this machine serves (the test programs print it)."""
+    return detect(DetectOptions()).level
+
+
+@pytest.fixture
+def public(fuse_ok: None) -> Iterator[Path]:
+    """A directory every user can traverse (pytest's own are 0700), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="hwcaps-fs-test-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for mountpoint in (path / "mnt", path / "store"):
+            cleanup(mountpoint)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def variant_path(store: Path, level: str, relpath: str) -> Path:
+    return store / relpath if level == "baseline" else store / "glibc-hwcaps" / level / relpath
+
+
+def make_store(binaries: Path, store: Path, name: str = "bin/foo") -> Path:
+    install(compile_level(binaries, "baseline"), store / name)
+    for level in VARIANTS:
+        install(compile_level(binaries, level), variant_path(store, level, name))
+    return store
+
+
+def privileged_programs(binaries: Path, store: Path) -> None:
+    suid = install(compile_c(PRINT_EUID, binaries / "euid", []), store / "bin/suid")
+    os.chown(suid, 0, 0)
+    suid.chmod(0o4755)
+    caps = install(compile_c(PRINT_CAPEFF, binaries / "capeff", []), store / "bin/caps")
+    subprocess.run(["setcap", "cap_net_raw+ep", str(caps)], check=True, timeout=DEADLINE)
+
+
+def run(*command: str | Path, user: str | None = None) -> str:
+    prefix = ["runuser", "-u", user, "--"] if user else []
+    result = subprocess.run([*prefix, *map(str, command)], capture_output=True, text=True,
+                            timeout=DEADLINE, check=True)
+    return result.stdout.strip()
+
+
+def expect_errno(code: int, action: object, *args: object) -> None:
+    with pytest.raises(OSError) as caught:
+        action(*args)  # type: ignore[operator]
+    assert caught.value.errno == code, caught.value
+
+
+def test_serves_the_best_variant_read_only(binaries: Path, tmp_path: Path, level: str) -> None:
+    store = make_store(binaries, tmp_path / "store")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt) as mount:
+        foo = mnt / "bin/foo"
+        assert run(foo) == level
+        assert sorted(os.listdir(mnt)) == ["bin"]
+        served = variant_path(store, level, "bin/foo")
+        real, seen = served.stat(), foo.stat()
+        assert (seen.st_mode, seen.st_size, seen.st_mtime_ns) == (
+            real.st_mode, real.st_size, real.st_mtime_ns)
+        assert foo.stat().st_ino == seen.st_ino
+        assert foo.read_bytes() == served.read_bytes()
+        assert os.getxattr(foo, "user.hwcaps.level") == level.encode()
+        assert os.getxattr(foo, "user.hwcaps.source") == os.fsencode(
+            served.relative_to(store))
+        assert {"user.hwcaps.level", "user.hwcaps.source"} <= set(os.listxattr(foo))
+        expect_errno(errno.ENODATA, os.getxattr, foo, "security.capability")
+
+        for action, args in [
+            (os.open, (foo, os.O_WRONLY)), (os.open, (mnt / "bin/new", os.O_CREAT | os.O_WRONLY)),
+            (os.mkdir, (mnt / "new",)), (os.unlink, (foo,)), (os.rmdir, (mnt / "bin",)),
+            (os.rename, (foo, mnt / "bin/bar")), (os.symlink, ("x", mnt / "bin/l")),
+            (os.link, (foo, mnt / "bin/h")), (os.chmod, (foo, 0o700)),
+            (os.truncate, (foo, 0)), (os.utime, (foo,)),
+            (os.setxattr, (foo, "user.x", b"1")), (os.removexattr, (foo, "user.hwcaps.level")),
+        ]:
+            expect_errno(errno.EROFS, action, *args)
+
+        again = hwcaps_fs("mount", "--root", str(store), str(mnt))
+        assert again.returncode == 4 and "already mounted" in again.stderr
+        assert mount.stop() == 0
+    assert not is_fuse_mounted(mnt)
+    assert "Traceback" not in mount.log_text()
+
+
+def test_level_option_caps_the_level(binaries: Path, tmp_path: Path) -> None:
+    store = make_store(binaries, tmp_path / "store")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt, "-o", "level=x86-64-v2"):
+        assert run(mnt / "bin/foo") == "x86-64-v2"
+        assert os.getxattr(mnt / "bin/foo", "user.hwcaps.level") == b"x86-64-v2"
+
+
+def test_other_users_and_privileged_programs(binaries: Path, public: Path, level: str) -> None:
+    store = make_store(binaries, public / "store")
+    privileged_programs(binaries, store)
+    mnt = public / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt):
+        assert sorted(run("ls", mnt / "bin", user="nobody").split()) == ["caps", "foo", "suid"]
+        assert run(mnt / "bin/foo", user="nobody") == level
+        assert stat.S_ISREG(os.lstat(mnt / "bin/foo").st_mode)
+        assert os.readlink(mnt / "bin/suid") == str(store / "bin/suid")
+        assert run(mnt / "bin/suid", user="nobody") == "euid=0"
+        assert run(mnt / "bin/caps", user="nobody") == "CapEff:\t0000000000002000"
+
+
+def test_in_place_over_a_populated_directory(binaries: Path, public: Path, level: str) -> None:
+    store = make_store(binaries, public / "store")
+    privileged_programs(binaries, store)
+    install(compile_level(binaries, "baseline", text="plain"), store / "bin/plain")
+    with mounted(store, store) as mount:
+        assert sorted(os.listdir(store)) == ["bin"]
+        assert run(store / "bin/foo") == level
+        assert run(store / "bin/plain") == "plain"
+        bind = Path(RUNTIME_DIR, runtime_name(str(store)))
+        assert os.readlink(store / "bin/suid") == str(bind / "bin/suid")
+        assert run(store / "bin/suid", user="nobody") == "euid=0"
+        assert run(store / "bin/caps", user="nobody") == "CapEff:\t0000000000002000"
+        assert (bind / "glibc-hwcaps").is_dir()
+        assert mount.stop() == 0
+    assert "glibc-hwcaps" in os.listdir(store)
+    assert not bind.exists()
+
+
+def test_symlinks_presentation(binaries: Path, tmp_path: Path, level: str) -> None:
+    store = make_store(binaries, tmp_path / "store")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt, "-o", "presentation=symlinks,xattr=off"):
+        assert os.readlink(mnt / "bin/foo") == str(variant_path(store, level, "bin/foo"))
+        assert run(mnt / "bin/foo") == level
+        expect_errno(errno.EOPNOTSUPP, os.getxattr, mnt / "bin", "user.hwcaps.level")
+
+
+def test_live_updates_without_a_failed_exec(binaries: Path, tmp_path: Path, level: str) -> None:
+    store = make_store(binaries, tmp_path / "store")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    foo = mnt / "bin/foo"
+    updated = compile_level(binaries, level, text="updated")
+    with mounted(store, mnt):
+        old_bytes = foo.read_bytes()
+        held = foo.open("rb")
+        outputs: list[tuple[float, str]] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def exec_loop() -> None:
+            while not stop.is_set():
+                result = subprocess.run([foo], capture_output=True, text=True,
+                                        timeout=DEADLINE, check=False)
+                if result.returncode:
+                    failures.append(result.stderr)
+                outputs.append((time.monotonic(), result.stdout.strip()))
+
+        thread = threading.Thread(target=exec_loop)
+        thread.start()
+        try:
+            wait_until(lambda: len(outputs) > 5, DEADLINE, "the exec loop")
+            target = variant_path(store, level, "bin/foo")
+            install(updated, target.with_name(".foo.new")).rename(target)
+            renamed = time.monotonic()
+            took = wait_until(lambda: any(when > renamed and text == "updated"
+                                          for when, text in outputs), 5, "the new variant")
+            wait_until(lambda: outputs[-1][1] == "updated", 5, "only the new variant")
+        finally:
+            stop.set()
+            thread.join(DEADLINE)
+        assert failures == []
+        assert took < 1.0
+        assert held.read() == old_bytes
+        held.close()
+
+        install(compile_level(binaries, "x86-64-v2", text="new"),
+                variant_path(store, "x86-64-v2", "sbin/new"))
+        wait_until(lambda: (mnt / "sbin/new").exists(), 1.0, "a new name in a new directory")
+        assert run(mnt / "sbin/new") == "new"
+        shutil.rmtree(store / "glibc-hwcaps/x86-64-v2/sbin")
+        wait_until(lambda: not (mnt / "sbin").exists(), 1.0, "the removal")
+
+
+def test_background_mount_and_umount(binaries: Path, tmp_path: Path, level: str) -> None:
+    store = make_store(binaries, tmp_path / "store")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        result = hwcaps_fs("mount", "--root", str(store), str(mnt))
+        assert result.returncode == 0, result.stderr
+        assert run(mnt / "bin/foo") == level
+        assert len(daemon_pids(mnt)) == 1
+        result = hwcaps_fs("umount", str(mnt))
+        assert result.returncode == 0, result.stderr
+        assert not is_fuse_mounted(mnt)
+        wait_until(lambda: not daemon_pids(mnt), DEADLINE, "the daemon to exit")
+        missing = hwcaps_fs("mount", "--root", str(tmp_path / "none"), str(mnt))
+        assert (missing.returncode, missing.stderr.count("\n")) == (3, 1)
+    finally:
+        cleanup(mnt)
+
+
+def test_kill_9_with_auto_unmount_brings_the_directory_back(binaries: Path,
+                                                             public: Path) -> None:
+    store = make_store(binaries, public / "store")
+    with mounted(store, store, "-o", "auto_unmount") as mount:
+        assert "glibc-hwcaps" not in os.listdir(store)
+        mount.stop(signal.SIGKILL)
+        wait_until(lambda: not is_fuse_mounted(store), 3, "fusermount3 to unmount")
+        assert "glibc-hwcaps" in os.listdir(store)
+
+
+def test_stale_mount_is_cleared(binaries: Path, tmp_path: Path, level: str) -> None:
+    store = make_store(binaries, tmp_path / "store")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt) as dead:
+        dead.stop(signal.SIGKILL)
+        expect_errno(errno.ENOTCONN, os.stat, mnt)
+        with mounted(store, mnt) as mount:
+            assert run(mnt / "bin/foo") == level
+            assert "clearing a stale mount" in mount.log_text()
+
+
+def test_one_request_per_exec(binaries: Path, tmp_path: Path) -> None:
+    """In steady state an exec costs OPEN (synchronous) and RELEASE (asynchronous): no
+    LOOKUP, GETATTR, GETXATTR or FLUSH (counted in libfuse's debug log)."""
+    store = make_store(binaries, tmp_path / "store")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt, "-o", "debug") as mount:
+        for _ in range(3):
+            run(mnt / "bin/foo")
+        time.sleep(0.2)
+        start = len(mount.log_text())
+        for _ in range(20):
+            run(mnt / "bin/foo")
+        time.sleep(0.2)
+        opcodes = Counter(re.findall(r"opcode: (\w+)", mount.log_text()[start:]))
+    assert opcodes == {"OPEN": 20, "RELEASE": 20}

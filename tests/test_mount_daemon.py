@@ -1,0 +1,76 @@
+"""The daemon's pure parts and its checks before mounting (no mount needed)."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pyfuse3
+import pytest
+import trio
+
+from hwcaps_fs.cpu import DetectOptions
+from hwcaps_fs.daemon import MountConfig, MountEntry, parse_mountinfo, plan, runtime_name
+from hwcaps_fs.errors import PathError
+from hwcaps_fs.fs import guarded
+from hwcaps_fs.mount_options import MountOptions
+
+MOUNTINFO = """\
+22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+42 22 0:39 / /tmp/with\\040space ro,nosuid,nodev,relatime shared:5 - fuse.hwcaps-fs hwcaps-fs ro
+43 42 0:40 / /tmp/with\\040space ro - fuse.hwcaps-fs store ro,user_id=0
+"""
+
+
+def test_parse_mountinfo() -> None:
+    assert parse_mountinfo(MOUNTINFO) == [
+        MountEntry(22, "/", "ext4", "/dev/vda1"),
+        MountEntry(42, "/tmp/with space", "fuse.hwcaps-fs", "hwcaps-fs"),
+        MountEntry(43, "/tmp/with space", "fuse.hwcaps-fs", "store"),
+    ]
+
+
+@pytest.mark.parametrize(("path", "name"), [
+    ("/usr/bin", "usr-bin"), ("/", "-"), ("/opt/my-app/bin", "opt-my\\x2dapp-bin"),
+    ("/a b", "a\\x20b"),
+])
+def test_runtime_name(path: str, name: str) -> None:
+    assert runtime_name(path) == name
+
+
+def config(root: Path, mountpoint: Path) -> MountConfig:
+    return MountConfig(str(root), str(mountpoint), MountOptions(allow_other=False),
+                       DetectOptions(), None, foreground=True)
+
+
+def test_plan_refuses_missing_or_odd_paths(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "store/sub").mkdir(parents=True)
+    cases = {
+        (tmp_path / "missing", tmp_path): "ROOT .*missing: no such directory",
+        (tmp_path, tmp_path / "missing"): "MOUNTPOINT .*missing: no such directory",
+        (tmp_path / "file", tmp_path): "ROOT .*file: not a directory",
+        (tmp_path / "store", tmp_path / "store/sub"): "is inside ROOT",
+    }
+    for (root, mountpoint), message in cases.items():
+        with pytest.raises(PathError, match=message):
+            plan(config(root, mountpoint))
+
+
+def test_plan_tells_in_place_from_dedicated(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    (tmp_path / "mnt").mkdir()
+    assert plan(config(tmp_path / "store", tmp_path / "store")).in_place
+    assert plan(config(tmp_path / "store", tmp_path)).in_place
+    assert not plan(config(tmp_path / "store", tmp_path / "mnt")).in_place
+
+
+def test_a_crashing_handler_answers_eio() -> None:
+    @guarded
+    async def handler(value: int) -> int:
+        return 1 // value
+
+    assert trio.run(handler, 1) == 1
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        trio.run(handler, 0)
+    assert caught.value.errno == errno.EIO
