@@ -50,6 +50,8 @@ class Stats:
     @classmethod
     def of(cls, samples: list[float]) -> Stats:
         ordered = sorted(samples)
+        if len(ordered) < 2:
+            return cls(ordered[0], ordered[0], ordered[0], 1)
         deciles = statistics.quantiles(ordered, n=10)
         return cls(statistics.median(ordered), deciles[0], deciles[-1], len(ordered))
 

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                      help="comma-separated mount options (see README.md)")
     _layout_argument(run)
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     return parser
 
 
@@ -190,7 +190,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from hwcaps_fs.mount_options import parse_mount_options
     from hwcaps_fs.run import RunConfig, run
 
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         raise UsageError("run: no command given (hwcaps-fs run --root ROOT -- CMD [ARGS...])")
     options = parse_mount_options(args.options, is_root=os.geteuid() == 0)

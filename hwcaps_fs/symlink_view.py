@@ -1,0 +1,50 @@
+"""The view materialized as a directory of symlinks: the fallback when FUSE cannot be used.
+
+Inside a container without /dev/fuse or CAP_SYS_ADMIN the view cannot be mounted, but the CPU
+is known when the container starts, so the view for *this* CPU can be written out once: every
+served name becomes a symlink to the file it serves, every directory of the merged view a real
+directory. Nothing follows changes to the store afterwards (a container's store does not
+change), and privileged programs keep their privileges since the symlinks lead to the real
+files.
+
+:func:`plan_symlink_view` is pure; :func:`write_symlink_view` does the I/O.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hwcaps_fs.resolve import Resolution
+from hwcaps_fs.store import Store
+
+
+@dataclass(frozen=True)
+class SymlinkView:
+    """``dirs``: the view's directories relative to its top (parents first, the top itself
+    left out); ``links``: each served relative path and the path, relative to ROOT, of the
+    file it serves."""
+
+    dirs: tuple[str, ...]
+    links: tuple[tuple[str, str], ...]
+
+
+def plan_symlink_view(store: Store, resolutions: Mapping[str, Resolution]) -> SymlinkView:
+    """What to create for ``store`` resolved as ``resolutions`` (names nothing serves are
+    left out, as the mounted view leaves them out)."""
+    # Sorting puts a directory before everything below it ("a" < "a-b" < "a/b").
+    dirs = tuple(sorted(path for path in store.dirs if path))
+    links = tuple(sorted((relpath, resolution.served.source)
+                         for relpath, resolution in resolutions.items()
+                         if resolution.served is not None))
+    return SymlinkView(dirs, links)
+
+
+def write_symlink_view(view: SymlinkView, top: str, link_base: str) -> None:
+    """Create ``view`` under the existing directory ``top``, with links to
+    ``link_base/<source>`` (ROOT, or a private bind mount of it when ``top`` covers ROOT)."""
+    for path in view.dirs:
+        os.mkdir(os.path.join(top, path), 0o755)
+    for relpath, source in view.links:
+        os.symlink(os.path.join(link_base, source), os.path.join(top, relpath))

@@ -1,0 +1,383 @@
+"""``hwcaps-fs run``: mount, then exec CMD. Real variant programs, real mounts, real namespaces.
+
+Every test runs the command line in a subprocess and waits for its stdio to close: the keeper
+(see hwcaps_fs.run) holds stderr until it has removed the view and reaped the daemon, so when
+``communicate`` returns nothing of the run may be left. The ``area`` fixture kills and
+detaches whatever a failing test leaves behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hwcaps_fs.cpu import DetectOptions, detect
+from hwcaps_fs.daemon import parse_mountinfo
+from hwcaps_fs.levels import architecture_named
+from hwcaps_fs.resolve import Target, resolve_store
+from hwcaps_fs.store import scan
+from hwcaps_fs.symlink_view import SymlinkView, plan_symlink_view, write_symlink_view
+from tests.builders import compile_level, install
+from tests.mounting import DEADLINE, ENVIRONMENT
+
+VARIANTS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+#: Makes /dev/fuse unusable in a private mount namespace, then runs "$@".
+WITHOUT_FUSE = 'mount --bind /dev/null /dev/fuse && exec "$@"'
+
+#: Binds a FUSE device node of mode $2 over /dev/fuse in a private mount namespace (whatever
+#: the host's mode is), then runs "$@"; $1 is a directory for the node.
+FUSE_NODE_OF_MODE = ('dev=$1; mode=$2; shift 2; mount -t tmpfs tmpfs "$dev" && mknod -m "$mode" '
+                     '"$dev/fuse" c 10 229 && mount --bind "$dev/fuse" /dev/fuse && exec "$@"')
+
+#: In a user namespace of its own (mapped to root), forbids further user namespaces, makes
+#: /dev/fuse unusable and drops CAP_SYS_ADMIN, then runs "$@": no private namespace can be
+#: had, as in Docker without --cap-add SYS_ADMIN.
+CONFINED = ('echo 0 > /proc/sys/user/max_user_namespaces && mount --bind /dev/null /dev/fuse '
+            '&& exec setpriv --bounding-set=-sys_admin --inh-caps=-sys_admin "$@"')
+
+mount = pytest.mark.usefixtures("fuse_ok")
+
+
+@pytest.fixture(scope="module")
+def level() -> str:
+    """The level this machine serves (what the variant programs print)."""
+    return detect(DetectOptions()).level
+
+
+def _leftovers(marker: Path) -> list[int]:
+    """Processes whose command line mentions ``marker`` (the keeper and the daemon do)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if os.fsencode(marker) in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _host_mounts_under(area: Path) -> list[str]:
+    text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
+    return [entry.mountpoint for entry in parse_mountinfo(text)
+            if entry.mountpoint.startswith(f"{area}/")]
+
+
+@pytest.fixture
+def area() -> Iterator[Path]:
+    """A directory every user can read (the non-root tests need it), torn down whatever
+    happens: leftover processes killed, leftover mounts detached."""
+    path = Path(tempfile.mkdtemp(prefix="hwcaps-fs-run-test."))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for pid in _leftovers(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for mountpoint in reversed(_host_mounts_under(path)):
+            subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
+        shutil.rmtree(path)
+
+
+@pytest.fixture
+def store(area: Path, binaries: Path) -> Path:
+    """``bin/prog``: a baseline and v2/v3/v4 variants, each printing its level."""
+    root = area / "store"
+    install(compile_level(binaries, "baseline"), root / "bin" / "prog")
+    for variant in VARIANTS:
+        install(compile_level(binaries, variant), root / "glibc-hwcaps" / variant / "bin" / "prog")
+    return root
+
+
+def served_path(store: Path, level: str) -> Path:
+    if level == "baseline":
+        return store / "bin" / "prog"
+    return store / "glibc-hwcaps" / level / "bin" / "prog"
+
+
+def hwcaps_fs_run(root: Path, mountpoint: Path | None, *command: str) -> list[str]:
+    where = [] if mountpoint is None else ["--mountpoint", str(mountpoint)]
+    return [sys.executable, "-m", "hwcaps_fs", "run", "--root", str(root), *where, "--",
+            *command]
+
+
+def execute(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=DEADLINE, check=False,
+                          env={**ENVIRONMENT, **(env or {})}, cwd="/")
+
+
+def assert_nothing_left(area: Path) -> None:
+    assert _leftovers(area) == [], "a keeper or daemon outlived CMD"
+    assert _host_mounts_under(area) == [], "a mount leaked to the host"
+
+
+def fallback_line(store: Path, mountpoint: Path, reason: str) -> str:
+    return (f"hwcaps-fs: FUSE unavailable ({reason}): serving a symlink view of {store} "
+            f"in {mountpoint}")
+
+
+def skip_without(*programs: str) -> None:
+    for program in programs:
+        if shutil.which(program) is None:
+            pytest.skip(f"{program} is not installed")
+
+
+def skip_without_userns() -> None:
+    """Skip unless nobody may create a user namespace, with the kernel's reason."""
+    skip_without("setpriv", "unshare")
+    probe = subprocess.run([*NOBODY, "unshare", "--user", "--mount", "true"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode:
+        limit = Path("/proc/sys/user/max_user_namespaces")
+        knob = Path("/proc/sys/kernel/unprivileged_userns_clone")
+        why = ", ".join(f"{path}={path.read_text().strip()}" for path in (limit, knob)
+                        if path.exists())
+        pytest.skip(f"unprivileged user namespaces unavailable: {probe.stderr.strip()} {why}")
+
+
+# -- the symlink view, without mounts ----------------------------------------------------
+
+
+def _script(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho {text}\n")
+    path.chmod(0o755)
+
+
+def test_symlink_view_serves_best_variant_and_merges_directories(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    _script(root / "bin" / "foo", "baseline")
+    _script(root / "glibc-hwcaps" / "x86-64-v3" / "bin" / "foo", "v3")
+    _script(root / "glibc-hwcaps" / "x86-64-v4" / "bin" / "foo", "v4")
+    _script(root / "glibc-hwcaps" / "x86-64-v2" / "libexec" / "only-v2", "v2")
+    arch = architecture_named("x86_64")
+    store = scan(str(root), arch)
+    target = Target(arch, ("x86-64-v3", "x86-64-v2"), None, require_trusted=False)
+
+    view = plan_symlink_view(store, resolve_store(store, target))
+
+    assert view == SymlinkView(
+        dirs=("bin", "libexec"),
+        links=(("bin/foo", "glibc-hwcaps/x86-64-v3/bin/foo"),
+               ("libexec/only-v2", "glibc-hwcaps/x86-64-v2/libexec/only-v2")))
+    top = tmp_path / "view"
+    top.mkdir()
+    write_symlink_view(view, str(top), str(root))
+    result = subprocess.run([top / "bin" / "foo"], capture_output=True, text=True, check=True)
+    assert result.stdout == "v3\n"
+
+
+# -- real runs ---------------------------------------------------------------------------
+
+
+@mount
+def test_fuse_view_serves_best_variant_then_disappears(area: Path, store: Path,
+                                                       level: str) -> None:
+    view = area / "view"
+    result = execute(hwcaps_fs_run(store, view, "sh", "-c",
+                                   f'"{view}/bin/prog"; findmnt -n -o FSTYPE "{view}"'))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [level, "fuse.hwcaps-fs"]
+    assert result.stderr == ""
+    assert_nothing_left(area)
+    assert not view.exists(), "the mountpoint run created was left behind"
+
+
+@mount
+def test_command_is_looked_up_through_the_view(area: Path, store: Path, level: str) -> None:
+    view = area / "view"
+    view.mkdir()
+    result = execute(hwcaps_fs_run(store, view, "prog"),
+                     env={"PATH": f"{view}/bin:{os.environ['PATH']}"})
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{level}\n", "")
+    assert view.is_dir(), "a mountpoint the user made must stay"
+    assert_nothing_left(area)
+
+
+@mount
+def test_default_mountpoint_is_private_and_removed(area: Path, store: Path, level: str) -> None:
+    result = execute(hwcaps_fs_run(store, None, "sh", "-c",
+                                   'echo "$HWCAPS_FS_VIEW"; "$HWCAPS_FS_VIEW/bin/prog"'))
+    assert result.returncode == 0, result.stderr
+    view, served = result.stdout.split()
+    assert served == level
+    assert os.path.basename(view).startswith("hwcaps-fs-run.")
+    assert not os.path.exists(view)
+    assert_nothing_left(area)
+
+
+@mount
+def test_without_fuse_a_symlink_view_is_served(area: Path, store: Path, level: str) -> None:
+    skip_without("unshare")
+    view = area / "view"
+    result = execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh",
+                      *hwcaps_fs_run(store, view, "sh", "-c",
+                                     f'"{view}/bin/prog"; readlink "{view}/bin/prog"')])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        fallback_line(store, view, "/dev/fuse is not the FUSE device")]
+    assert result.stdout.split() == [level, str(served_path(store, level))]
+    assert_nothing_left(area)
+
+
+@mount
+def test_without_fuse_in_place_links_through_a_private_bind(area: Path, store: Path,
+                                                            level: str) -> None:
+    skip_without("unshare")
+    before = sorted(str(path) for path in store.rglob("*"))
+    result = execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh",
+                      *hwcaps_fs_run(store, store, "sh", "-c",
+                                     f'"{store}/bin/prog"; readlink "{store}/bin/prog"; '
+                                     f'ls "{store}"')])
+    assert result.returncode == 0, result.stderr
+    served, link, *listing = result.stdout.split()
+    assert served == level
+    assert listing == ["bin"], "the view hides glibc-hwcaps/"
+    relative = served_path(store, level).relative_to(store)
+    assert link.endswith(f"/{relative}") and not link.startswith(f"{store}/")
+    assert sorted(str(path) for path in store.rglob("*")) == before
+    assert_nothing_left(area)
+
+
+@mount
+def test_as_nobody_with_fuse_in_a_user_namespace(area: Path, store: Path, level: str) -> None:
+    skip_without_userns()
+    view, dev = area / "view", area / "dev"
+    view.mkdir()
+    dev.mkdir()
+    result = execute(["unshare", "--mount", "sh", "-c", FUSE_NODE_OF_MODE, "sh", str(dev), "666",
+                      *NOBODY, *hwcaps_fs_run(store, view, "sh", "-c",
+                                              f'id -u; "{view}/bin/prog"; '
+                                              f'findmnt -n -o FSTYPE "{view}"')])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["65534", level, "fuse.hwcaps-fs"]
+    assert_nothing_left(area)
+
+
+@mount
+def test_as_nobody_without_fuse_in_a_user_namespace(area: Path, store: Path,
+                                                    level: str) -> None:
+    skip_without_userns()
+    view, dev = area / "view", area / "dev"
+    view.mkdir()
+    dev.mkdir()
+    result = execute(["unshare", "--mount", "sh", "-c", FUSE_NODE_OF_MODE, "sh", str(dev), "600",
+                      *NOBODY, *hwcaps_fs_run(store, view, "sh", "-c",
+                                              f'"{view}/bin/prog"; findmnt -n -o FSTYPE "{view}"')])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        fallback_line(store, view, "/dev/fuse: Permission denied")]
+    assert result.stdout.split() == [level, "tmpfs"]
+    assert_nothing_left(area)
+
+
+def confined(*argv: str) -> subprocess.CompletedProcess[str]:
+    skip_without("unshare", "setpriv")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "true"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode:
+        pytest.skip(f"cannot create a user namespace: {probe.stderr.strip()}")
+    return execute(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", CONFINED,
+                    "sh", *argv])
+
+
+@mount
+def test_without_any_namespace_links_go_into_an_empty_dir(area: Path, store: Path,
+                                                          level: str) -> None:
+    view = area / "view"
+    view.mkdir()
+    result = confined(*hwcaps_fs_run(store, view, "sh", "-c",
+                                     f'"{view}/bin/prog"; readlink "{view}/bin/prog"; '
+                                     f'findmnt -n "{view}" || echo not-mounted'))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        fallback_line(store, view, "/dev/fuse is not the FUSE device")]
+    assert result.stdout.split() == [level, str(served_path(store, level)), "not-mounted"]
+    assert list(view.iterdir()) == [], "the symlinks must be removed after CMD"
+    assert_nothing_left(area)
+
+
+@mount
+def test_without_any_namespace_a_busy_dir_is_refused(area: Path, store: Path) -> None:
+    view = area / "view"
+    view.mkdir()
+    (view / "mine").write_text("not hwcaps-fs's\n")
+    result = confined(*hwcaps_fs_run(store, view, "true"))
+    assert result.returncode == 4
+    assert result.stderr == (f"hwcaps-fs: cannot serve a symlink view in {view}: it is not "
+                             "empty, and no tmpfs can be mounted over it here\n")
+    assert [path.name for path in view.iterdir()] == ["mine"]
+    assert_nothing_left(area)
+
+
+@mount
+def test_command_keeps_pid_1_in_a_pid_namespace(area: Path, store: Path, level: str) -> None:
+    skip_without("unshare")
+    view = area / "view"
+    result = execute(["unshare", "--pid", "--fork", "--mount-proc",
+                      *hwcaps_fs_run(store, view, "sh", "-c", f'echo $$; "{view}/bin/prog"')])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", level]
+    assert_nothing_left(area)
+
+
+@mount
+def test_exit_status_is_the_commands(area: Path, store: Path) -> None:
+    result = execute(hwcaps_fs_run(store, area / "view", "sh", "-c", "exit 42"))
+    assert result.returncode == 42
+    assert_nothing_left(area)
+
+
+@mount
+def test_command_gets_default_signal_dispositions(area: Path, store: Path) -> None:
+    """Python ignores SIGPIPE, and an ignored signal stays ignored across exec: ``yes`` would
+    complain about a broken pipe instead of dying quietly."""
+    result = execute(hwcaps_fs_run(store, area / "view", "sh", "-c", "yes | head -n 1"))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "y\n", "")
+    assert_nothing_left(area)
+
+
+@mount
+def test_sigterm_reaches_the_command(area: Path, store: Path) -> None:
+    script = 'trap "echo trapped; exit 7" TERM; echo ready; while :; do sleep 0.05; done'
+    process = subprocess.Popen(hwcaps_fs_run(store, area / "view", "sh", "-c", script),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=ENVIRONMENT, cwd="/")
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        assert Path(f"/proc/{process.pid}/comm").read_text() == "sh\n", "CMD must replace us"
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=DEADLINE)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=DEADLINE)
+    assert (process.returncode, stdout) == (7, "trapped\n"), stderr
+    assert_nothing_left(area)
+
+
+@mount
+def test_command_not_found_is_one_line_and_127(area: Path, store: Path) -> None:
+    result = execute(hwcaps_fs_run(store, area / "view", "hwcaps-fs-no-such-command"))
+    assert result.returncode == 127
+    assert result.stderr == "hwcaps-fs: run: command not found: hwcaps-fs-no-such-command\n"
+    assert_nothing_left(area)
+
+
+@mount
+def test_bad_root_is_one_line(area: Path) -> None:
+    result = execute(hwcaps_fs_run(area / "missing", area / "view", "true"))
+    assert result.returncode == 3
+    assert result.stderr == f"hwcaps-fs: ROOT {area / 'missing'}: no such directory\n"
+    assert_nothing_left(area)
