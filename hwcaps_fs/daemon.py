@@ -21,7 +21,6 @@ The rules come from research/fuse.md §6.6 and §7, where breaking them was meas
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import logging.handlers
@@ -30,7 +29,6 @@ import resource
 import signal
 import socket
 import stat
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +42,9 @@ from hwcaps_fs.backing import BackingFiles
 from hwcaps_fs.errors import HwcapsFsError, MountError, PathError, UsageError
 from hwcaps_fs.fs import HwcapsOperations
 from hwcaps_fs.mount_options import MountOptions
+from hwcaps_fs.namespaces import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REMOUNT, detach
+from hwcaps_fs.namespaces import mount as sys_mount
+from hwcaps_fs.namespaces import umount as sys_umount
 from hwcaps_fs.resolve import Resolution, Target, resolve_store
 from hwcaps_fs.view import InodeNumbers, Presentation, View, build_view, is_privileged
 from hwcaps_fs.watch import Changes, Watcher, apply_changes
@@ -53,11 +54,6 @@ log = logging.getLogger(__name__)
 #: Where the private bind mounts of in-place mounts live (one per mountpoint).
 RUNTIME_DIR = "/run/hwcaps-fs"
 
-MS_RDONLY = 0x1
-MS_REMOUNT = 0x20
-MS_BIND = 0x1000
-MS_PRIVATE = 0x40000
-MNT_DETACH = 0x2
 
 #: The errno values of a FUSE mount whose daemon is gone.
 STALE_ERRNOS = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
@@ -66,12 +62,6 @@ STALE_ERRNOS = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
 HANDSHAKE_ERRORS: dict[int, type[HwcapsFsError]] = {
     error.exit_code: error for error in (UsageError, PathError, MountError)
 }
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_void_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-
 
 @dataclass(frozen=True)
 class MountConfig:
@@ -132,33 +122,6 @@ def _is_fuse(entry: MountEntry) -> bool:
     return entry.fstype == "fuse" or entry.fstype.startswith("fuse.")
 
 
-# -- system calls ------------------------------------------------------------------------
-
-
-def _sys_mount(source: str | None, target: str, flags: int) -> None:
-    encoded = os.fsencode(source) if source is not None else None
-    if _libc.mount(encoded, os.fsencode(target), None, flags, None) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), target)
-
-
-def _sys_umount(target: str, flags: int) -> None:
-    if _libc.umount2(os.fsencode(target), flags) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), target)
-
-
-def _detach(path: str) -> None:
-    """Lazily unmount ``path``: as root with umount2, else through fusermount3."""
-    if os.geteuid() == 0:
-        _sys_umount(path, MNT_DETACH)
-        return
-    result = subprocess.run(["fusermount3", "-u", "-z", "--", path], capture_output=True,
-                            text=True, check=False)
-    if result.returncode:
-        raise MountError(f"cannot unmount {path}: {result.stderr.strip()}")
-
-
 # -- checks before mounting --------------------------------------------------------------
 
 
@@ -181,7 +144,7 @@ def _clear_stale_mount(mountpoint: str) -> None:
     except OSError as exc:
         if exc.errno in STALE_ERRNOS and any(map(_is_fuse, mounts_at(mountpoint))):
             log.warning("%s: clearing a stale mount (%s)", mountpoint, exc.strerror)
-            _detach(mountpoint)
+            detach(mountpoint)
 
 
 @dataclass(frozen=True)
@@ -238,20 +201,20 @@ def bind_underlying(root_fd: int, mountpoint: str) -> str:
     target = os.path.join(RUNTIME_DIR, runtime_name(mountpoint))
     os.makedirs(target, mode=0o755, exist_ok=True)
     for _ in mounts_at(target):
-        _sys_umount(target, MNT_DETACH)
-    _sys_mount(f"/proc/self/fd/{root_fd}", target, MS_BIND)
+        sys_umount(target, MNT_DETACH)
+    sys_mount(f"/proc/self/fd/{root_fd}", target, None, MS_BIND)
     try:
-        _sys_mount(None, target, MS_PRIVATE)
-        _sys_mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        sys_mount(None, target, None, MS_PRIVATE)
+        sys_mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
     except OSError:
-        _sys_umount(target, MNT_DETACH)
+        sys_umount(target, MNT_DETACH)
         raise
     return target
 
 
 def unbind(target: str) -> None:
     try:
-        _sys_umount(target, MNT_DETACH)
+        sys_umount(target, MNT_DETACH)
         os.rmdir(target)
     except OSError as exc:
         log.warning("cannot remove the bind mount %s: %s", target, exc.strerror)
@@ -531,10 +494,10 @@ def unmount(mountpoint: str) -> None:
     if not any(map(_is_fuse, mounts_at(path))):
         raise MountError(f"{path}: no hwcaps-fs mount there")
     if os.geteuid() != 0:
-        _detach(path)
+        detach(path)
         return
     try:
-        _sys_umount(path, 0)
+        sys_umount(path, 0)
     except OSError as exc:
         hint = f" ('umount -l {path}' detaches it anyway)" if exc.errno == errno.EBUSY else ""
         raise MountError(f"cannot unmount {path}: {exc.strerror}{hint}") from None

@@ -25,6 +25,7 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 0x80000
+MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
@@ -74,11 +75,15 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int,
                        _encode(data)), target)
 
 
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(os.fsencode(target), flags), target)
+
+
 def detach(path: str) -> None:
     """Lazily unmount ``path``: umount2(MNT_DETACH) where we may (root, or a mount made in our
     own user namespace), else fusermount3 (a FUSE mount libfuse made through it for a user)."""
     try:
-        _check(_libc.umount2(os.fsencode(path), MNT_DETACH), path)
+        umount(path, MNT_DETACH)
         return
     except PermissionError:
         pass
