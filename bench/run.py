@@ -122,11 +122,13 @@ class Bench:
                 pooled[name] += self.samples(argv, n, sleep_ms, warmup)
         return {name: Stats.of(values) for name, values in pooled.items()}
 
-    def ratio_rows(self, stats: dict[str, Stats], direct: str) -> list[list[str]]:
-        base = stats[direct]
-        return [[name, f"{s.median:.0f}", f"{s.p10:.0f}–{s.p90:.0f}",
-                 f"{s.median / base.median:.2f}", f"{s.p10 / base.p10:.2f}", str(s.n)]
-                for name, s in stats.items()]
+    def latency_table(self, stats: dict[str, Stats]) -> None:
+        """Latencies with their ratios to the configuration called "direct"."""
+        base = stats["direct"]
+        self.table(["configuration", "median", "p10–p90", "× median", "× p10", "n"],
+                   [[name, f"{s.median:.0f}", f"{s.p10:.0f}–{s.p90:.0f}",
+                     f"{s.median / base.median:.2f}", f"{s.p10 / base.p10:.2f}", str(s.n)]
+                    for name, s in stats.items()])
 
 
 def build_programs(work: Path) -> dict[str, Path]:
@@ -201,41 +203,37 @@ def bench_exec(b: Bench, programs: dict[str, Path]) -> None:
             stats = b.interleaved(configs, b.spawns, b.rounds)
             b.emit(f"**{kind}** (`{program.name}{' -c true' if args else ''}`)")
             b.emit()
-            b.table(["configuration", "median", "p10–p90", "× median", "× p10", "n"],
-                    b.ratio_rows(stats, "direct"))
+            b.latency_table(stats)
+
+
+@contextlib.contextmanager
+def both_presentations(b: Bench, programs: dict[str, Path], name: str) -> Iterator[dict[str, str]]:
+    """A store mounted in both presentations: the dynamic program's path directly and
+    through each mount."""
+    store = b.work / f"store-{name}"
+    make_store(store, programs)
+    with mounted(store, b.work / f"m-{name}-files"), \
+            mounted(store, b.work / f"m-{name}-links", "presentation=symlinks"):
+        yield {
+            "direct": str(store / "glibc-hwcaps/x86-64-v2/bin/dynamic"),
+            "files": str(b.work / f"m-{name}-files/bin/dynamic"),
+            "symlinks": str(b.work / f"m-{name}-links/bin/dynamic"),
+        }
 
 
 def bench_idle(b: Bench, programs: dict[str, Path]) -> None:
     """Exec after the daemon has idled: spawns spaced 0.5 s apart."""
-    store = b.work / "store-idle"
-    make_store(store, programs)
-    target = "glibc-hwcaps/x86-64-v2/bin/dynamic"
-    with mounted(store, b.work / "m-idle-files"), \
-            mounted(store, b.work / "m-idle-links", "presentation=symlinks"):
-        configs = {
-            "direct": [str(store / target)],
-            "files": [str(b.work / "m-idle-files/bin/dynamic")],
-            "symlinks": [str(b.work / "m-idle-links/bin/dynamic")],
-        }
+    with both_presentations(b, programs, "idle") as paths:
+        configs = {name: [path] for name, path in paths.items()}
         stats = b.interleaved(configs, n=2, rounds=20, sleep_ms=500, warmup=0)
     b.emit("## Exec after idle (dynamic binary, spawns 0.5 s apart)")
     b.emit()
-    b.table(["configuration", "median", "p10–p90", "× median", "× p10", "n"],
-            b.ratio_rows(stats, "direct"))
+    b.latency_table(stats)
 
 
 def bench_parallel(b: Bench, programs: dict[str, Path]) -> None:
     """Parallel exec throughput: 4 spawners at once."""
-    store = b.work / "store-par"
-    make_store(store, programs)
-    target = "glibc-hwcaps/x86-64-v2/bin/dynamic"
-    with mounted(store, b.work / "m-par-files"), \
-            mounted(store, b.work / "m-par-links", "presentation=symlinks"):
-        configs = {
-            "direct": str(store / target),
-            "files": str(b.work / "m-par-files/bin/dynamic"),
-            "symlinks": str(b.work / "m-par-links/bin/dynamic"),
-        }
+    with both_presentations(b, programs, "par") as configs:
         rates: dict[str, list[float]] = {name: [] for name in configs}
         for _ in range(3):
             for name, path in configs.items():
@@ -258,6 +256,14 @@ def timed_runs(argv: list[str], runs: int) -> Stats:
     return Stats.of(samples)
 
 
+#: The mounts a listing is timed through, by label: their -o options.
+LISTING_MOUNTS: dict[str, tuple[str, ...]] = {
+    "files": (),
+    "symlinks": ("presentation=symlinks",),
+    "files, xattr=off": ("xattr=off",),
+}
+
+
 def bench_listing(b: Bench, programs: dict[str, Path]) -> None:
     """ls and ls -l of a 3,000-entry directory, cold (first after a fresh mount) and warm."""
     store = b.work / "store-ls"
@@ -267,9 +273,8 @@ def bench_listing(b: Bench, programs: dict[str, Path]) -> None:
         direct = timed_runs([*command, str(store / "bin")], 20)
         label = " ".join(command)
         rows.append([f"`{label}` direct", f"{direct.median:.1f}", "1.00", ""])
-        for presentation in ("files", "symlinks"):
-            mnt = b.work / f"m-ls-{presentation}"
-            options = ("presentation=symlinks",) if presentation == "symlinks" else ()
+        for presentation, options in LISTING_MOUNTS.items():
+            mnt = b.work / "m-ls"
             colds = []
             for _ in range(3):
                 with mounted(store, mnt, *options):
@@ -393,8 +398,7 @@ exec {store}/bin/dynamic "$@"
     b.emit("PATH ordering needs a shell to search PATH: compare it with the last row, the same "
            "shell running the variant by absolute path.")
     b.emit()
-    b.table(["configuration", "median", "p10–p90", "× median", "× p10", "n"],
-            b.ratio_rows(stats, "direct"))
+    b.latency_table(stats)
 
 
 def bench_gain(b: Bench, programs: dict[str, Path]) -> None:
