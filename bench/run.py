@@ -166,39 +166,35 @@ def bench_exec(b: Bench, programs: dict[str, Path]) -> None:
     work = b.work
     direct_dir = work / "direct"
     make_store(direct_dir, programs)
-    store = work / "store"
-    make_store(store, programs)
-    inplace = work / "inplace"
-    make_store(inplace, programs)
+    stores = {name: work / f"store-{name}" for name in ("files", "links", "inplace")}
+    for root in stores.values():
+        make_store(root, programs)
     linkdir = work / "usrbin"
     linkdir.mkdir(exist_ok=True)
 
     b.emit("## Warm exec latency (µs per posix_spawn + waitpid)")
     b.emit()
     b.emit(f"{b.rounds} rounds × {b.spawns} spawns per configuration, interleaved. "
-           "'store' = the dedicated-store deployment (a symlink into the mount, as /usr/bin/foo → "
-           "store); 'in place' = mounted over the directory itself. Ratios are against executing "
-           "the same binary directly from ext4 in the same run.")
+           "'store' = the dedicated-store deployment: the store mounted over itself, run "
+           "through a symlink into it (as /usr/bin/foo → /opt/hwcaps/bin/foo); 'in place' = "
+           "the bin directory mounted over itself, run by its own path. Ratios are against "
+           "executing the same binary directly from ext4 in the same run.")
     b.emit()
     with contextlib.ExitStack() as stack:
-        mounts = {
-            "store, files": stack.enter_context(mounted(store, work / "m-store-files")),
-            "store, symlinks": stack.enter_context(
-                mounted(store, work / "m-store-links", "presentation=symlinks")),
-            "in place, files": stack.enter_context(mounted(inplace, inplace)),
-        }
-        del mounts
+        stack.enter_context(mounted(stores["files"], stores["files"]))
+        stack.enter_context(mounted(stores["links"], stores["links"], "presentation=symlinks"))
+        stack.enter_context(mounted(stores["inplace"], stores["inplace"]))
         for kind, program in programs.items():
             args = ["-c", "true"] if kind == "bash" else []
-            for name in ("store-files", "store-links"):
+            for name in ("files", "links"):
                 link = linkdir / f"{kind}-{name}"
                 link.unlink(missing_ok=True)
-                link.symlink_to(work / f"m-{name}" / "bin" / kind)
+                link.symlink_to(stores[name] / "bin" / kind)
             configs = {
                 "direct": [str(direct_dir / "glibc-hwcaps/x86-64-v2/bin" / kind), *args],
-                "store, files": [str(linkdir / f"{kind}-store-files"), *args],
-                "store, symlinks": [str(linkdir / f"{kind}-store-links"), *args],
-                "in place, files": [str(inplace / "bin" / kind), *args],
+                "store, files": [str(linkdir / f"{kind}-files"), *args],
+                "store, symlinks": [str(linkdir / f"{kind}-links"), *args],
+                "in place, files": [str(stores["inplace"] / "bin" / kind), *args],
             }
             stats = b.interleaved(configs, b.spawns, b.rounds)
             b.emit(f"**{kind}** (`{program.name}{' -c true' if args else ''}`)")
