@@ -454,8 +454,14 @@ def main() -> int:
            f"load average before the run {load[0]:.2f}. Command: `make bench`.")
     b.emit()
     programs = build_programs(args.work)
+    started = time.monotonic()
     for name in args.only or BENCHES:
         BENCHES[name](b, programs)
+    after = os.getloadavg()
+    b.emit(f"Noise: load average {load[0]:.2f} before and {after[0]:.2f} after the run, which "
+           f"took {time.monotonic() - started:.0f} s; the p10–p90 spread of the direct rows "
+           "shows how much the machine disturbed single measurements (the ratios compare "
+           "interleaved samples, so a disturbance falls on every configuration alike).")
     args.out.write_text("\n".join(b.lines) + "\n")
     return 0
 
