@@ -81,3 +81,74 @@ clean:
 # Benchmarks (issue: bench/): writes bench/results.md, which README.md quotes.
 bench: deps
 	$(BIN)/python bench/run.py --out bench/results.md
+
+# ---- install, uninstall, boot-test (mount-helpers/, systemd-units/, tests/boot/) -----------------
+# make install [PREFIX=/usr/local] [DESTDIR=]: the Python package goes into its own virtualenv,
+# $(INSTALL_VENV) (Debian's system Python refuses pip installs, and a venv keeps pyfuse3, trio
+# and archspec==0.2.7 apart from the distribution's), with $(BINDIR)/hwcaps-fs a symlink to its
+# console script. The mount helpers go to /sbin whatever PREFIX is, because mount(8) looks for
+# mount.<type> only in /sbin:/sbin/fs.d:/sbin/fs; they get the absolute path of hwcaps-fs
+# written in, since mount(8) and systemd run them without PATH. The units go to $(UNITDIR),
+# not enabled (see systemd-units/README-section.md). Building needs the `apt` packages
+# (pyfuse3 is compiled); the target system needs python3 (same version), libfuse3-3 and fuse3
+# (fusermount3, for auto_unmount). With DESTDIR, the venv is built in $(DESTDIR)$(INSTALL_VENV)
+# and its scripts are rewritten to name $(INSTALL_VENV).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+INSTALL_VENV ?= $(PREFIX)/lib/hwcaps-fs
+SBINDIR ?= /sbin
+UNITDIR ?= /etc/systemd/system
+PIP_INSTALL_FLAGS ?=
+HELPERS := mount.hwcaps-fs mount.fuse.hwcaps-fs
+UNITS := $(notdir $(wildcard systemd-units/*.mount systemd-units/*.service))
+BOOT_APT_PACKAGES := mmdebstrap systemd-container qemu-system-x86 e2fsprogs
+BOOT_TEST_ARGS ?=
+
+.PHONY: install install-python install-helpers install-units uninstall boot-deps boot-test
+
+install: install-python install-helpers install-units
+
+install-python: apt
+	$(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
+	rm -rf build  # setuptools' staging copy: a module deleted since would be packaged again
+	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q $(PIP_INSTALL_FLAGS) .
+	@if [ -n "$(DESTDIR)" ]; then \
+	    grep -rlI --exclude-dir=__pycache__ -- '$(DESTDIR)$(INSTALL_VENV)' \
+	        $(DESTDIR)$(INSTALL_VENV)/bin $(DESTDIR)$(INSTALL_VENV)/pyvenv.cfg \
+	        | xargs -r sed -i 's|$(DESTDIR)$(INSTALL_VENV)|$(INSTALL_VENV)|g'; \
+	fi
+	install -d $(DESTDIR)$(BINDIR)
+	ln -sfn $(INSTALL_VENV)/bin/hwcaps-fs $(DESTDIR)$(BINDIR)/hwcaps-fs
+
+install-helpers:
+	install -d $(DESTDIR)$(SBINDIR)
+	sed "s|^CONFIGURED=.*|CONFIGURED='$(BINDIR)/hwcaps-fs'|" mount-helpers/mount.hwcaps-fs \
+	    > $(DESTDIR)$(SBINDIR)/mount.hwcaps-fs
+	chmod 755 $(DESTDIR)$(SBINDIR)/mount.hwcaps-fs
+	ln -sfn mount.hwcaps-fs $(DESTDIR)$(SBINDIR)/mount.fuse.hwcaps-fs
+
+install-units:
+	install -d $(DESTDIR)$(UNITDIR)
+	for unit in $(UNITS); do \
+	    sed 's|/usr/local/bin/hwcaps-fs|$(BINDIR)/hwcaps-fs|g' "systemd-units/$$unit" \
+	        > "$(DESTDIR)$(UNITDIR)/$$unit" && chmod 644 "$(DESTDIR)$(UNITDIR)/$$unit"; \
+	done
+	for dropin in systemd-units/*.d; do \
+	    install -d "$(DESTDIR)$(UNITDIR)/$${dropin#*/}" && \
+	    install -m 644 "$$dropin"/*.conf "$(DESTDIR)$(UNITDIR)/$${dropin#*/}/"; \
+	done
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) $(addprefix $(DESTDIR)$(SBINDIR)/,$(HELPERS))
+	for dropin in systemd-units/*.d; do rm -rf "$(DESTDIR)$(UNITDIR)/$${dropin#*/}"; done
+	rm -f $(DESTDIR)$(BINDIR)/hwcaps-fs
+	rm -rf $(DESTDIR)$(INSTALL_VENV)
+
+boot-deps:
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(BOOT_APT_PACKAGES)"
+
+# Boots a Debian 12 rootfs with hwcaps-fs installed (make install DESTDIR=...) under
+# systemd-nspawn and under QEMU (TCG) with four CPU models; see tests/boot/run.py.
+boot-test: deps boot-deps
+	$(BIN)/python -m tests.boot.run $(BOOT_TEST_ARGS)
+# ---- end of install, uninstall, boot-test -------------------------------------------------------

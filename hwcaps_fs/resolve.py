@@ -106,7 +106,7 @@ def trust_problem(candidate: Candidate) -> str | None:
     """Why a non-root user could have changed what ``candidate`` serves, if they could."""
     if candidate.uid != 0:
         return f"owned by uid {candidate.uid}, not root"
-    if writable_by_others(candidate.uid, candidate.mode):
+    if not candidate.unfollowed_link and writable_by_others(candidate.uid, candidate.mode):
         return f"writable by group or others (mode {stat.S_IMODE(candidate.mode):04o})"
     if candidate.untrusted_dir is not None:
         return f"directory {show(candidate.untrusted_dir)} is writable by a non-root user"
@@ -156,13 +156,18 @@ REFUSALS: tuple[Callable[[Candidate, Target], str | None], ...] = (
 )
 
 
+def _not_a_baseline(candidate: Candidate, target: Target) -> str | None:
+    if candidate.unfollowed_link:
+        return None
+    return _scan_problem(candidate, target) or _not_regular(candidate, target)
+
+
 #: The baseline is what the directory holds without hwcaps-fs: it is served as it is (a data
-#: file, a binary of another machine, a too-high ISA note all behave exactly as they would
-#: without the mount, so an in-place view never hides a name), unless it is not a file at all
-#: or a non-root user could have written what root would run.
+#: file, a binary of another machine, a too-high ISA note, a symlink out of ROOT all behave
+#: exactly as they would without the mount, so an in-place view never hides a name), unless it
+#: is not a file at all or a non-root user could have written what root would run.
 BASELINE_REFUSALS: tuple[Callable[[Candidate, Target], str | None], ...] = (
-    _scan_problem,
-    _not_regular,
+    _not_a_baseline,
     _untrusted,
 )
 

@@ -108,6 +108,20 @@ class Candidate:
     problem: str | None = None
     link_target: str | None = None
 
+    @property
+    def unfollowed_link(self) -> bool:
+        """A symlink scanning did not follow (it leaves ROOT, dangles or loops): the stat
+        fields are the link's own, and a view can only show it as the same symlink
+        (``/usr/bin/awk -> /etc/alternatives/awk`` must stay what it is)."""
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def verbatim_link(self) -> str | None:
+        """The target of a baseline that is a symlink: views show it as that same symlink, as
+        the plain directory does. Then ``python3 -> python3.11`` runs python3.11's best
+        variant through the view, and ``awk -> /etc/alternatives/awk`` stays what it is."""
+        return self.link_target if self.level is None else None
+
 
 @dataclass(frozen=True)
 class DirInfo:
@@ -472,7 +486,9 @@ class _Scanner:
                 raise _Unservable(f"{kind}, not a regular file")
             return self._read_file(level, path, source, open_at, link_target)
         except _Unservable as exc:
-            return _candidate(level, path, source, st, problem=str(exc), link_target=link_target)
+            untrusted = self._untrusted_dir(posixpath.dirname(path)) if link_target else None
+            return _candidate(level, path, source, st, problem=str(exc), link_target=link_target,
+                              untrusted_dir=untrusted)
         except OSError as exc:
             return _candidate(
                 level, path, source, st, problem=f"cannot read: {exc.strerror}",

@@ -24,10 +24,12 @@ from hwcaps_fs.store import Store
 class SymlinkView:
     """``dirs``: the view's directories relative to its top (parents first, the top itself
     left out); ``links``: each served relative path and the path, relative to ROOT, of the
-    file it serves."""
+    file it serves; ``verbatim``: relative paths and targets of the baseline symlinks,
+    recreated exactly (see :attr:`~hwcaps_fs.store.Candidate.verbatim_link`)."""
 
     dirs: tuple[str, ...]
     links: tuple[tuple[str, str], ...]
+    verbatim: tuple[tuple[str, str], ...] = ()
 
 
 def plan_symlink_view(store: Store, resolutions: Mapping[str, Resolution]) -> SymlinkView:
@@ -35,10 +37,12 @@ def plan_symlink_view(store: Store, resolutions: Mapping[str, Resolution]) -> Sy
     left out, as the mounted view leaves them out)."""
     # Sorting puts a directory before everything below it ("a" < "a-b" < "a/b").
     dirs = tuple(sorted(path for path in store.dirs if path))
-    links = tuple(sorted((relpath, resolution.served.source)
-                         for relpath, resolution in resolutions.items()
-                         if resolution.served is not None))
-    return SymlinkView(dirs, links)
+    served = sorted((relpath, resolution.served) for relpath, resolution in resolutions.items()
+                    if resolution.served is not None)
+    links = tuple((relpath, c.source) for relpath, c in served if c.verbatim_link is None)
+    verbatim = tuple((relpath, c.verbatim_link) for relpath, c in served
+                     if c.verbatim_link is not None)
+    return SymlinkView(dirs, links, verbatim)
 
 
 def write_symlink_view(view: SymlinkView, top: str, link_base: str) -> None:
@@ -48,3 +52,5 @@ def write_symlink_view(view: SymlinkView, top: str, link_base: str) -> None:
         os.mkdir(os.path.join(top, path), 0o755)
     for relpath, source in view.links:
         os.symlink(os.path.join(link_base, source), os.path.join(top, relpath))
+    for relpath, target in view.verbatim:
+        os.symlink(target, os.path.join(top, relpath))

@@ -18,6 +18,7 @@ reading the old file.
 from __future__ import annotations
 
 import enum
+import os
 import posixpath
 import stat
 from collections.abc import Hashable, Iterable, Mapping
@@ -156,16 +157,26 @@ def _directory_attributes(ino: int, info: DirInfo, subdirectories: int) -> Attri
                       mtime_ns=info.mtime_ns, ctime_ns=info.ctime_ns)
 
 
-def _file_node(ino: int, relpath: str, candidate: Candidate, link_base: str | None) -> Node:
+def link_target(candidate: Candidate, presentation: Presentation,
+                link_base: str | None) -> bytes | None:
+    """What the entry for ``candidate`` points to, or None when it is a regular file: a
+    baseline symlink stays the same symlink; otherwise see :func:`presents_as_link`."""
+    if candidate.verbatim_link is not None:
+        return os.fsencode(candidate.verbatim_link)
+    if link_base is not None and presents_as_link(candidate, presentation, link_base):
+        return os.fsencode(posixpath.join(link_base, candidate.source))
+    return None
+
+
+def _file_node(ino: int, relpath: str, candidate: Candidate, target: bytes | None) -> Node:
     xattrs = {XATTR_LEVEL: (candidate.level or BASELINE).encode(),
               XATTR_SOURCE: candidate.source.encode()}
     times = {"atime_ns": candidate.atime_ns, "mtime_ns": candidate.mtime_ns,
              "ctime_ns": candidate.ctime_ns}
-    if link_base is None:
+    if target is None:
         attributes = Attributes(ino=ino, mode=candidate.mode, nlink=1, uid=candidate.uid,
                                 gid=candidate.gid, size=candidate.size, **times)
         return Node(attributes, relpath, served=candidate, xattrs=xattrs)
-    target = posixpath.join(link_base, candidate.source).encode()
     attributes = Attributes(ino=ino, mode=stat.S_IFLNK | 0o777, nlink=1, uid=candidate.uid,
                             gid=candidate.gid, size=len(target), **times)
     return Node(attributes, relpath, served=candidate, link_target=target, xattrs=xattrs)
@@ -201,11 +212,11 @@ def build_view(store: Store, resolutions: Iterable[Resolution], *,
         parent = dir_inodes.get(posixpath.dirname(relpath))
         if candidate is None or parent is None or relpath in dir_inodes:
             continue
-        as_link = presents_as_link(candidate, presentation, link_base)
-        key = _file_key(relpath, candidate, as_link)
+        target = link_target(candidate, presentation, link_base)
+        key = _file_key(relpath, candidate, target is not None)
         keys.append(key)
         ino = numbers.number(key)
-        nodes[ino] = _file_node(ino, relpath, candidate, link_base if as_link else None)
+        nodes[ino] = _file_node(ino, relpath, candidate, target)
         children[parent][posixpath.basename(relpath).encode()] = ino
 
     for relpath, ino in dir_inodes.items():

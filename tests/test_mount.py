@@ -183,6 +183,23 @@ def test_in_place_over_a_populated_directory(binaries: Path, public: Path, level
     assert not bind.exists()
 
 
+def test_in_place_keeps_symlinks_that_leave_the_directory(binaries: Path, public: Path,
+                                                          level: str) -> None:
+    """/usr/bin/awk -> /etc/alternatives/awk and friends: an in-place view shows every symlink
+    it does not follow exactly as it is, so no name of the plain directory goes missing."""
+    store = make_store(binaries, public / "store")
+    outside = install(compile_level(binaries, "baseline", text="outside"), public / "alt/prog")
+    (store / "bin/awk").symlink_to(outside)
+    (store / "bin/dangling").symlink_to("/nonexistent/target")
+    (store / "bin/inside").symlink_to("foo")
+    with mounted(store, store):
+        assert os.readlink(store / "bin/awk") == str(outside)
+        assert run(store / "bin/awk") == "outside"
+        assert os.readlink(store / "bin/dangling") == "/nonexistent/target"
+        assert os.readlink(store / "bin/inside") == "foo"
+        assert run(store / "bin/inside") == level  # through the view: foo's best variant
+
+
 def test_symlinks_presentation(binaries: Path, tmp_path: Path, level: str) -> None:
     store = make_store(binaries, tmp_path / "store")
     mnt = tmp_path / "mnt"

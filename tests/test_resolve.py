@@ -155,6 +155,19 @@ def test_baseline_is_served_as_it_is(tmp_path: Path, binaries: Path) -> None:
     assert res.skipped == ()
 
 
+def test_baseline_symlink_out_of_root_is_served_as_is(tmp_path: Path, binaries: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/awk").symlink_to("/etc/alternatives/awk")
+    variant = tmp_path / "glibc-hwcaps/x86-64-v2/bin/awk"
+    variant.parent.mkdir(parents=True)
+    variant.symlink_to("/usr/bin/true")
+    res = resolved(tmp_path, target("x86-64-v3", require_trusted=True), "bin/awk")
+    assert res.served is not None and res.served.level is None
+    assert res.served.unfollowed_link and res.served.link_target == "/etc/alternatives/awk"
+    assert [s.reason for s in res.skipped] == [
+        f"symlink leaves {tmp_path} (-> /usr/bin/true)"]
+
+
 def test_untrusted_baseline_refused(tmp_path: Path, binaries: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to chown test files")

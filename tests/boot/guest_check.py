@@ -1,0 +1,127 @@
+"""Runs inside the booted guest (hwcaps-boot-check.service): records what the boot did, crashes
+the /usr/bin daemon, and writes everything to RESULT as JSON. The host (run.py) judges it.
+
+It only gathers facts, so that one script serves the normal boot and the ``hwcaps_fs=off``
+boot alike. It runs on a copy of the Python interpreter outside /usr/bin (see run.py): a
+program whose executable is served by the mount may fault on pages it never read once the
+daemon is killed, and the crash test kills it on purpose. For the same reason the wait for
+auto_unmount uses nothing but Python itself; programs in /usr/bin are run again only once
+the mount is gone or back.
+
+Standard library only: it runs before (and regardless of) anything hwcaps-fs installs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+RESULT = Path("/var/log/hwcaps-boot/result.json")
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+#: Each program through which a deployment is observed: in place over /usr/bin, the
+#: dedicated store behind a /usr/bin symlink, and the Type=notify service.
+PROBES = ("/usr/bin/hwcaps-probe", "/usr/bin/hwcaps-store-probe",
+          "/opt/svcstore/bin/hwcaps-probe")
+MOUNTPOINTS = ("/usr/bin", "/opt/hwcaps", "/opt/svcstore")
+UNITS = ("usr-bin.mount", "opt-hwcaps.mount", "hwcaps-fs@opt-svcstore.service",
+         "local-fs.target")
+UNIT_PROPERTIES = ("ActiveState", "SubState", "Result", "ConditionResult",
+                   "ActiveEnterTimestampMonotonic")
+#: How long auto_unmount may take to remove the mount after the daemon is killed.
+UNMOUNT_TIMEOUT = 30.0
+
+
+def run(*argv: str) -> dict[str, object]:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return {"rc": None, "stdout": "", "stderr": repr(error)}
+    return {"rc": done.returncode, "stdout": done.stdout.strip(), "stderr": done.stderr.strip()}
+
+
+def mount_types() -> dict[str, str | None]:
+    """The type of the topmost mount at each of MOUNTPOINTS (None: not a mountpoint)."""
+    found: dict[str, str | None] = dict.fromkeys(MOUNTPOINTS)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] in found:
+            found[fields[4]] = fields[fields.index("-") + 1]
+    return found
+
+
+def unit_states() -> dict[str, dict[str, str]]:
+    states = {}
+    for unit in UNITS:
+        shown = run("systemctl", "show", f"--property={','.join(UNIT_PROPERTIES)}", unit)
+        lines = str(shown["stdout"]).splitlines()
+        states[unit] = dict(line.split("=", 1) for line in lines if "=" in line)
+    return states
+
+
+def probes() -> dict[str, dict[str, object]]:
+    return {probe: run(probe) for probe in PROBES}
+
+
+def usr_bin_daemon() -> int | None:
+    """The hwcaps-fs daemon serving /usr/bin: its command line has the hwcaps-fs program,
+    and /usr/bin as ROOT and MOUNTPOINT (fusermount3, its auto_unmount watcher, has not)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(arg.endswith("/hwcaps-fs") for arg in argv) and argv.count("/usr/bin") == 2:
+            return int(entry.name)
+    return None
+
+
+def crash_test() -> dict[str, object]:
+    """kill -9 the /usr/bin daemon, wait for auto_unmount, look, then start the unit again."""
+    pid = usr_bin_daemon()
+    report: dict[str, object] = {"daemon_pid": pid}
+    if pid is None:
+        return report
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    while mount_types()["/usr/bin"] is not None and time.monotonic() - start < UNMOUNT_TIMEOUT:
+        time.sleep(0.05)
+    report["unmounted_after_s"] = round(time.monotonic() - start, 2)
+    # systemd notices the vanished mount on its own schedule (mountinfo is polled).
+    while (unit_states()["usr-bin.mount"].get("ActiveState") == "active"
+           and time.monotonic() - start < UNMOUNT_TIMEOUT):
+        time.sleep(0.1)
+    report["after_kill"] = {"mounts": mount_types(), "probe": run(PROBES[0]),
+                            "units": unit_states()}
+    report["restart"] = run("systemctl", "start", "usr-bin.mount")
+    report["after_restart"] = {"mounts": mount_types(), "probe": run(PROBES[0]),
+                               "units": unit_states()}
+    return report
+
+
+def main() -> None:
+    cmdline = Path("/proc/cmdline").read_text().split()
+    result: dict[str, object] = {
+        "virt": run("systemd-detect-virt")["stdout"],
+        "pid1_cmdline": Path("/proc/1/cmdline").read_bytes().decode().split("\0"),
+        "kernel_cmdline": cmdline,
+        "ld_so_help": run(LOADER, "--help")["stdout"],
+        "mounts": mount_types(),
+        "units": unit_states(),
+        "probes": probes(),
+    }
+    # The crash test needs a daemon: after hwcaps_fs=off there is none to kill.
+    if mount_types()["/usr/bin"] is not None:
+        result["crash"] = crash_test()
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=1))
+    os.sync()
+
+
+if __name__ == "__main__":
+    main()
