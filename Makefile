@@ -80,7 +80,7 @@ clean:
 
 # Benchmarks (issue: bench/): writes bench/results.md, which README.md quotes.
 bench: deps
-	$(BIN)/python bench/run.py --out bench/results.md
+	$(BIN)/python bench/run.py --out bench/results.md --readme README.md
 
 # ---- install, uninstall, boot-test (mount-helpers/, systemd-units/, tests/boot/) -----------------
 # make install [PREFIX=/usr/local] [DESTDIR=]: the Python package goes into its own virtualenv,

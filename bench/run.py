@@ -434,6 +434,19 @@ BENCHES: dict[str, Callable[[Bench, dict[str, Path]], None]] = {
 }
 
 
+README_START = "<!-- bench results: start -->"
+README_END = "<!-- bench results: end -->"
+
+
+def quote_in_readme(readme: Path, lines: list[str]) -> None:
+    """Replace what stands between the markers in ``readme`` with ``lines`` (headings one
+    level down), so that README.md never quotes a figure typed by hand."""
+    text = readme.read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    body = ["#" + line if line.startswith("#") else line for line in lines]
+    readme.write_text(text[:start] + "\n" + "\n".join(body).strip() + "\n" + text[end:])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/hwcaps-fs-bench"))
@@ -441,6 +454,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--spawns", type=int, default=250)
     parser.add_argument("--only", choices=sorted(BENCHES), action="append")
+    parser.add_argument("--readme", type=Path, help="also replace the results quoted in this "
+                        f"file between {README_START!r} and {README_END!r}")
     args = parser.parse_args()
     if args.work.exists():
         shutil.rmtree(args.work)
@@ -463,6 +478,8 @@ def main() -> int:
            "shows how much the machine disturbed single measurements (the ratios compare "
            "interleaved samples, so a disturbance falls on every configuration alike).")
     args.out.write_text("\n".join(b.lines) + "\n")
+    if args.readme:
+        quote_in_readme(args.readme, b.lines[1:])
     return 0
 
 
