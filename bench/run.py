@@ -29,9 +29,8 @@ HWCAPS_FS = [sys.executable, "-m", "hwcaps_fs"]
 LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4")
 
 
-def run(*args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True,
-                          **kwargs)  # type: ignore[call-overload]
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True)
 
 
 def gcc(out: Path, source: Path, *flags: str) -> Path:
