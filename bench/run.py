@@ -69,6 +69,24 @@ def mounted(root: Path, mountpoint: Path, *options: str) -> Iterator[float]:
         subprocess.run([*HWCAPS_FS, "umount", str(mountpoint)], capture_output=True)
 
 
+@contextlib.contextmanager
+def floor_mounted(program: Path, mountpoint: Path) -> Iterator[Path]:
+    """bench/floor_fs.py serving ``program`` at ``mountpoint``; yields the path to exec."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    daemon = subprocess.Popen([sys.executable, str(HERE / "floor_fs.py"), str(program),
+                               str(mountpoint)])
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(mountpoint):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise RuntimeError("bench/floor_fs.py did not mount")
+            time.sleep(0.01)
+        yield mountpoint / "prog"
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True)
+        daemon.wait(timeout=10)
+
+
 def daemon_pid(mountpoint: Path) -> int | None:
     """The hwcaps-fs daemon serving ``mountpoint`` (its command line names it)."""
     for entry in Path("/proc").iterdir():
@@ -176,7 +194,9 @@ def bench_exec(b: Bench, programs: dict[str, Path]) -> None:
     b.emit(f"{b.rounds} rounds × {b.spawns} spawns per configuration, interleaved. "
            "'store' = the dedicated-store deployment: the store mounted over itself, run "
            "through a symlink into it (as /usr/bin/foo → /opt/hwcaps/bin/foo); 'in place' = "
-           "the bin directory mounted over itself, run by its own path. Ratios are against "
+           "the bin directory mounted over itself, run by its own path; 'pyfuse3 floor' = "
+           "bench/floor_fs.py, the least a stock pyfuse3 filesystem does per exec (one file, "
+           "no checks), for how far hwcaps-fs is from its stack's floor. Ratios are against "
            "executing the same binary directly from ext4 in the same run.")
     b.emit()
     with contextlib.ExitStack() as stack:
@@ -189,13 +209,16 @@ def bench_exec(b: Bench, programs: dict[str, Path]) -> None:
                 link = linkdir / f"{kind}-{name}"
                 link.unlink(missing_ok=True)
                 link.symlink_to(stores[name] / "bin" / kind)
-            configs = {
-                "direct": [str(direct_dir / "glibc-hwcaps/x86-64-v2/bin" / kind), *args],
-                "store, files": [str(linkdir / f"{kind}-files"), *args],
-                "store, symlinks": [str(linkdir / f"{kind}-links"), *args],
-                "in place, files": [str(stores["inplace"] / "bin" / kind), *args],
-            }
-            stats = b.interleaved(configs, b.spawns, b.rounds)
+            direct = direct_dir / "glibc-hwcaps/x86-64-v2/bin" / kind
+            with floor_mounted(direct, work / f"m-floor-{kind}") as floor:
+                configs = {
+                    "direct": [str(direct), *args],
+                    "store, files": [str(linkdir / f"{kind}-files"), *args],
+                    "store, symlinks": [str(linkdir / f"{kind}-links"), *args],
+                    "in place, files": [str(stores["inplace"] / "bin" / kind), *args],
+                    "pyfuse3 floor": [str(floor), *args],
+                }
+                stats = b.interleaved(configs, b.spawns, b.rounds)
             b.emit(f"**{kind}** (`{program.name}{' -c true' if args else ''}`)")
             b.emit()
             b.latency_table(stats)
