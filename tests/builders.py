@@ -72,3 +72,14 @@ def install(binary: Path, dest: Path, mode: int = 0o755) -> Path:
     shutil.copyfile(binary, dest)
     dest.chmod(mode)
     return dest
+
+
+def variant_store(binaries: Path, root: Path, relpath: str,
+                  levels: tuple[str, ...] = ("x86-64-v2", "x86-64-v3", "x86-64-v4")) -> Path:
+    """A glibc-layout store at ``root``: ``relpath`` as the baseline and as a variant at each
+    of ``levels``, every build printing its level and marked with -mneeded."""
+    install(compile_level(binaries, "baseline", mark="mneeded"), root / relpath)
+    for level in levels:
+        install(compile_level(binaries, level, mark="mneeded"),
+                root / "glibc-hwcaps" / level / relpath)
+    return root

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import compile_level, install
-
-LEVELS = ["x86-64-v2", "x86-64-v3", "x86-64-v4"]
+from tests.builders import variant_store
 
 
 def hwcaps_fs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -30,13 +28,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -
 
 @pytest.fixture
 def store(tmp_path: Path, binaries: Path) -> Path:
-    """A glibc-layout store with bin/prog at every x86-64 level, marked with -mneeded."""
-    root = tmp_path / "store"
-    install(compile_level(binaries, "baseline", mark="mneeded"), root / "bin/prog")
-    for level in LEVELS:
-        install(compile_level(binaries, level, mark="mneeded"),
-                root / "glibc-hwcaps" / level / "bin/prog")
-    return root
+    """A glibc-layout store with bin/prog at every x86-64 level."""
+    return variant_store(binaries, tmp_path / "store", "bin/prog")
 
 
 def machine_level() -> str:

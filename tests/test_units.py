@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hwcaps_fs.daemon import RUNTIME_DIR, runtime_name
-from tests.builders import compile_level, install
+from tests.builders import variant_store
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT_SOURCES = sorted(REPO.glob("systemd-units/*.mount")) + sorted(
@@ -29,7 +29,6 @@ UNIT_SOURCES = sorted(REPO.glob("systemd-units/*.mount")) + sorted(
 HELPERS = ("mount.hwcaps-fs", "mount.fuse.hwcaps-fs")
 #: Where mount(8) finds helpers (util-linux FS_SEARCH_PATH starts with /sbin).
 SBIN = Path("/sbin")
-VARIANT_LEVELS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
 #: How a template is instantiated for verification (any escaped path will do).
 TEMPLATE_INSTANCE = "opt-tools"
 
@@ -273,12 +272,7 @@ def helpers_in_sbin(tmp_path: Path, fuse_ok: None) -> Iterator[None]:
 @pytest.fixture
 def probe_store(tmp_path: Path, binaries: Path) -> Path:
     """bin/probe at the baseline and every x86-64 level, each printing its level."""
-    root = tmp_path / "store"
-    install(compile_level(binaries, "baseline", mark="mneeded"), root / "bin/probe")
-    for level in VARIANT_LEVELS:
-        install(compile_level(binaries, level, mark="mneeded"),
-                root / "glibc-hwcaps" / level / "bin/probe")
-    return root
+    return variant_store(binaries, tmp_path / "store", "bin/probe")
 
 
 def level_in_effect() -> str:
