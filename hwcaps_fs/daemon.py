@@ -281,7 +281,7 @@ def _prepare(plan: Plan, root_fd: int) -> _Daemon:
     detection = cpu.detect(config.detect_options)
     for message in detection.warnings:
         log.warning("%s", message)
-    target = detection.target(require_trusted=is_root or options.allow_other)
+    target = detection.target(require_trusted=options.serves_root())
     store = stores.scan_fd(root_fd, plan.root, detection.architecture, config.layout)
     link_base: str | None = plan.root
     if plan.in_place:

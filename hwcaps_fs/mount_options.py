@@ -19,6 +19,7 @@ Three things are never up to the options, for the reasons in research/fuse.md:
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -76,6 +77,12 @@ class MountOptions:
     layout: Layout | None = None
     presentation: Presentation = Presentation.FILES
     xattr: bool = True
+
+    def serves_root(self) -> bool:
+        """Whether root may execute what the view serves (the daemon runs as root, or every
+        user, root included, may use the mount): resolution then refuses what a non-root user
+        could have written."""
+        return os.geteuid() == 0 or self.allow_other
 
     def fuse_options(self) -> set[str]:
         """The options handed to libfuse (``pyfuse3.init``)."""

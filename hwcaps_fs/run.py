@@ -370,9 +370,8 @@ def _serve_symlinks(config: RunConfig, isolation: Isolation, top: str,
     store = scan(config.root, detection.architecture, config.layout)
     for message in (*detection.warnings, *store.warnings):
         print(f"hwcaps-fs: warning: {message}", file=sys.stderr, flush=True)
-    # Who may run what is served decides what must be trusted, as for the daemon.
-    trusted = os.geteuid() == 0 or config.mount_options.allow_other
-    resolutions = resolve_store(store, detection.target(require_trusted=trusted))
+    target = detection.target(require_trusted=config.mount_options.serves_root())
+    resolutions = resolve_store(store, target)
     view = plan_symlink_view(store, resolutions)
     link_base = config.root
     if isolation.private:
