@@ -21,7 +21,7 @@ from hwcaps_fs.resolve import (
 )
 from hwcaps_fs.store import scan
 from tests import elf_images as img
-from tests.builders import compile_level, install
+from tests.builders import compile_level, install, variant_store
 
 LEVELS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
 
@@ -31,13 +31,6 @@ def target(level: str | None, require_trusted: bool = False) -> Target:
     rank = 0 if level is None else X86_64.rank(level)
     active = tuple(reversed(X86_64.level_names[:rank]))
     return Target(X86_64, active, cumulative_isa_bits(X86_64, level), require_trusted)
-
-
-def variant_tree(root: Path, binaries: Path, levels: tuple[str, ...] = LEVELS) -> None:
-    install(compile_level(binaries, "baseline", mark="mneeded"), root / "bin/prog")
-    for level in levels:
-        install(compile_level(binaries, level, mark="mneeded"),
-                root / f"glibc-hwcaps/{level}/bin/prog")
 
 
 def resolved(root: Path, tgt: Target, relpath: str = "bin/prog") -> Resolution:
@@ -76,7 +69,7 @@ def test_levels_helpers() -> None:
 
 @pytest.mark.parametrize("cpu", [None, *LEVELS])
 def test_highest_supported_wins(tmp_path: Path, binaries: Path, cpu: str | None) -> None:
-    variant_tree(tmp_path, binaries)
+    variant_store(binaries, tmp_path, "bin/prog")
     res = resolved(tmp_path, target(cpu))
     assert res.served is not None and res.served.level == cpu
     above = [skip.candidate.level for skip in res.skipped]
@@ -85,7 +78,7 @@ def test_highest_supported_wins(tmp_path: Path, binaries: Path, cpu: str | None)
 
 
 def test_v3_cpu_explains_skipped_v4(tmp_path: Path, binaries: Path) -> None:
-    variant_tree(tmp_path, binaries)
+    variant_store(binaries, tmp_path, "bin/prog")
     res = resolved(tmp_path, target("x86-64-v3"))
     assert [s.reason for s in res.skipped] == [
         "level x86-64-v4 not supported by this CPU (active: x86-64-v3, x86-64-v2)"]
@@ -191,7 +184,7 @@ def test_untrusted_refused_only_when_required(tmp_path: Path, binaries: Path) ->
         pytest.skip("needs root to chown test files")
     os.chown(tmp_path, 0, 0)
     tmp_path.chmod(0o755)
-    variant_tree(tmp_path, binaries, ("x86-64-v2", "x86-64-v3", "x86-64-v4"))
+    variant_store(binaries, tmp_path, "bin/prog")
     os.chown(tmp_path / "glibc-hwcaps/x86-64-v4/bin/prog", 1000, 1000)
     (tmp_path / "glibc-hwcaps/x86-64-v3/bin/prog").chmod(0o775)
     (tmp_path / "glibc-hwcaps/x86-64-v2").chmod(0o777)
