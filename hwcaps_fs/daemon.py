@@ -265,6 +265,9 @@ class _Daemon:
         """Rescan what ``changes`` touched and build the new view (blocking: in a thread)."""
         self.warn_once(watcher.sync())
         self.warn_once(apply_changes(self.store, self.root_fd, changes))
+        if os.fstat(self.root_fd).st_nlink == 0:
+            self.warn_once([f"ROOT {self.plan.root} was removed: the view stays empty until "
+                            f"it is mounted again (hwcaps-fs umount {self.plan.mountpoint})"])
         return self.view()
 
 
@@ -311,11 +314,19 @@ async def _stop_on_signals(stopped: list[int],
 
 
 async def _follow_changes(daemon: _Daemon, watcher: Watcher, ops: HwcapsOperations) -> None:
+    """Apply the store's changes to the view. A change that cannot be applied is logged and
+    the previous view stays: an update must never take the mounted names away."""
     while True:
         changes = await watcher.next_changes()
-        if changes.changes or changes.overflow:
+        if not (changes.changes or changes.overflow):
+            continue
+        try:
             view = await trio.to_thread.run_sync(daemon.rebuild, watcher, changes)
-            await ops.swap(view)
+        except Exception as exc:
+            log.error("cannot apply a change to %s (still serving the previous view): %r",
+                      daemon.plan.root, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            continue
+        await ops.swap(view)
 
 
 async def _serve(daemon: _Daemon, watcher: Watcher, ops: HwcapsOperations,
@@ -434,7 +445,7 @@ def _daemon_child(plan: Plan, report: int) -> int:
     try:
         _run(plan, ready)
     except HwcapsFsError as error:
-        os.write(report, f"{error.exit_code}\t{error}\n".encode())
+        os.write(report, f"{error.exit_code}\t{error}\n".encode(errors="backslashreplace"))
         return error.exit_code
     except Exception as error:
         log.exception("hwcaps-fs daemon failed")

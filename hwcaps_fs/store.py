@@ -34,6 +34,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from hwcaps_fs.access import PERMISSION_BITS, DirAccess, reachable_bits
 from hwcaps_fs.elf import ElfError, ElfFacts, read_elf_facts_fd
 from hwcaps_fs.errors import PathError
 from hwcaps_fs.levels import ALL_LEVEL_NAMES, Architecture, architecture_of_level
@@ -52,6 +53,15 @@ CAPABILITY_XATTR = "security.capability"
 
 #: Symlinks followed for one name before it counts as a loop (the kernel's MAXSYMLINKS).
 MAX_SYMLINKS = 40
+
+#: Directories below a tree's top that are merged into the view; deeper ones are ignored with
+#: a warning. Bin directories are shallow, and the scan, the watches and every open walk the
+#: path one component at a time, so an unbounded depth would be unbounded work (and recursion).
+MAX_DEPTH = 32
+
+#: What a directory that cannot be stat'ed counts as: nobody's, writable by others, searchable
+#: by no one (so nothing below it is trusted or shown as reachable by anyone but root).
+UNKNOWN_DIR = DirAccess(uid=-1, gid=-1, mode=stat.S_IFDIR | stat.S_IWOTH)
 
 #: How candidates are opened: never follow a symlink the scan has not vetted, never block on
 #: a FIFO that slipped in between the stat and the open.
@@ -84,7 +94,8 @@ class Candidate:
     with that message. ``elf`` is None for files that are not ELF (scripts).
     ``capability`` is the raw ``security.capability`` xattr, if any. ``untrusted_dir`` names
     the first directory between ROOT and the file that a non-root user could write, if any
-    (``"."`` is ROOT itself).
+    (``"."`` is ROOT itself). ``reachable_bits`` are the permission bits left once the
+    directories to be searched on the way are taken into account (:mod:`hwcaps_fs.access`).
     ``link_target`` is what ``path`` points to when it is a symlink (``readlink``), so that a
     view can still present a symlink that leaves ROOT as a symlink.
     """
@@ -107,6 +118,12 @@ class Candidate:
     untrusted_dir: str | None = None
     problem: str | None = None
     link_target: str | None = None
+    reachable_bits: int = PERMISSION_BITS
+
+    @property
+    def reachable_mode(self) -> int:
+        """``mode`` without the permissions the directories above deny (what a view shows)."""
+        return self.mode & (~PERMISSION_BITS | self.reachable_bits)
 
     @property
     def unfollowed_link(self) -> bool:
@@ -126,7 +143,8 @@ class Candidate:
 @dataclass(frozen=True)
 class DirInfo:
     """A directory of the merged view: its stat facts come from the baseline directory if there
-    is one, else from the first variant directory found."""
+    is one, else from the first variant directory found; ``reachable_bits`` as for
+    :class:`Candidate`."""
 
     path: str
     mode: int
@@ -137,6 +155,11 @@ class DirInfo:
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+    reachable_bits: int = PERMISSION_BITS
+
+    @property
+    def reachable_mode(self) -> int:
+        return self.mode & (~PERMISSION_BITS | self.reachable_bits)
 
 
 @dataclass
@@ -147,6 +170,8 @@ class Store:
     its candidates by level (None = baseline). ``dirs`` maps the relative path of every
     directory of the merged view (``""`` is ROOT itself) to its info. ``warnings`` are
     one-line messages about what was ignored (unknown level directories, unreadable ones...).
+    ``root_parents`` are the directories above ROOT (``/`` first): searching them is part of
+    reaching any file of the store, so they count in ``reachable_bits``.
     """
 
     root: str
@@ -156,6 +181,7 @@ class Store:
     dirs: dict[str, DirInfo] = field(default_factory=dict)
     unknown_level_dirs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    root_parents: tuple[DirAccess, ...] = ()
 
     def candidates(self, relpath: str) -> Mapping[str | None, Candidate]:
         return self.files.get(relpath, {})
@@ -220,16 +246,22 @@ def scan(root: str, architecture: Architecture, layout: Layout | None = None) ->
 
 
 def scan_fd(
-    root_fd: int, root_display: str, architecture: Architecture, layout: Layout | None = None
+    root_fd: int, root_display: str, architecture: Architecture, layout: Layout | None = None,
+    root_parents: tuple[DirAccess, ...] | None = None,
 ) -> Store:
     """Scan the store whose directory is open as ``root_fd`` (which stays open and is only
     used through ``*at`` calls, so ROOT may already be mounted over).
 
     ``root_display`` is ROOT's canonical absolute path: it names the store in messages and lets
     absolute symlinks that point back inside ROOT be followed without crossing the mount.
+    ``root_parents`` (None: :func:`parents_of` ``root_display``) must be given once ROOT may be
+    below a mount of ours, since looking its parents up by path could then cross it.
     """
+    if root_parents is None:
+        root_parents = parents_of(root_display)
     try:
-        store = Store(root_display, layout or detect_layout(root_fd), architecture)
+        store = Store(root_display, layout or detect_layout(root_fd), architecture,
+                      root_parents=root_parents)
     except OSError as exc:
         raise PathError(f"{root_display}: cannot read: {exc.strerror}") from None
     _Scanner(root_fd, store).scan_all()
@@ -258,7 +290,8 @@ def rescan_dir(store: Store, root_fd: int, reldir: str) -> list[str]:
     knew about that subtree (``""`` rescans everything). Returns the warnings of this rescan,
     which are not added to ``store.warnings``."""
     if not reldir:
-        fresh = scan_fd(root_fd, store.root, store.architecture, store.layout)
+        fresh = scan_fd(root_fd, store.root, store.architecture, store.layout,
+                        store.root_parents)
         store.files, store.dirs = fresh.files, fresh.dirs
         store.unknown_level_dirs, store.warnings = fresh.unknown_level_dirs, fresh.warnings
         return list(fresh.warnings)
@@ -269,6 +302,22 @@ def rescan_dir(store: Store, root_fd: int, reldir: str) -> list[str]:
     scanner = _Scanner(root_fd, store, warnings=[])
     scanner.merge_subtree(reldir)
     return scanner.warnings
+
+
+def parents_of(path: str) -> tuple[DirAccess, ...]:
+    """The directories above the absolute ``path``, ``/`` first (unknown ones as
+    :data:`UNKNOWN_DIR`)."""
+    parents = []
+    parent = posixpath.dirname(path)
+    while True:
+        try:
+            st = os.stat(parent)
+            parents.append(DirAccess(st.st_uid, st.st_gid, st.st_mode))
+        except OSError:
+            parents.append(UNKNOWN_DIR)
+        if parent == "/":
+            return tuple(reversed(parents))
+        parent = posixpath.dirname(parent)
 
 
 def show(path: str) -> str:
@@ -311,7 +360,7 @@ class _Scanner:
         self.store = store
         self.roots = tree_roots(store.layout, store.architecture)
         self.warnings = store.warnings if warnings is None else warnings
-        self.untrusted: dict[str, str | None] = {}
+        self.chains: dict[str, tuple[tuple[str, DirAccess], ...]] = {}
 
     # -- the whole store -------------------------------------------------------------------
 
@@ -370,8 +419,14 @@ class _Scanner:
     def _merge(self, reldir: str, fds: dict[str | None, int]) -> None:
         """Record ``reldir`` (whose directory in each tree that has it is open in ``fds``) and
         everything below it."""
-        info_fd = next(iter(fds.values()), self.root_fd)
-        self.store.dirs[reldir] = _dir_info(reldir, os.fstat(info_fd))
+        info_level, info_fd = next(iter(fds.items()), (None, self.root_fd))
+        info_path = _join(self.roots[info_level], reldir) if fds else ""
+        above = self._searched(posixpath.dirname(info_path)) if info_path else []
+        st = os.fstat(info_fd)
+        self.store.dirs[reldir] = DirInfo(
+            reldir, st.st_mode, st.st_uid, st.st_gid, st.st_ino, st.st_dev, st.st_atime_ns,
+            st.st_mtime_ns, st.st_ctime_ns,
+            reachable_bits(st.st_uid, st.st_gid, [*self.store.root_parents, *above]))
         found: dict[str, dict[str | None, os.stat_result]] = {}
         for level, fd in fds.items():
             where = _join(self.roots[level], reldir)
@@ -401,6 +456,11 @@ class _Scanner:
         for level in stats.keys() - set(dir_levels):
             path = _join(self.roots[level], relpath)
             self.warn(f"ignored {show(path)}: another tree has a directory of that name")
+        if relpath.count("/") >= MAX_DEPTH:
+            for level in dir_levels:
+                path = _join(self.roots[level], relpath)
+                self.warn(f"ignored {show(path)}: more than {MAX_DEPTH} directories deep")
+            return
         subfds: dict[str | None, int] = {}
         try:
             for level in dir_levels:
@@ -508,10 +568,14 @@ class _Scanner:
                 elf = read_elf_facts_fd(fd)
             except ElfError as exc:
                 problem = f"malformed ELF file: {exc}"
+            searched = {posixpath.dirname(path), posixpath.dirname(source)}
+            directories = [*self.store.root_parents,
+                           *(access for reldir in searched for access in self._searched(reldir))]
             return _candidate(
                 level, path, source, st, elf=elf, capability=_capability(fd),
                 untrusted_dir=self._untrusted_dir(posixpath.dirname(source)), problem=problem,
                 link_target=link_target,
+                reachable=reachable_bits(st.st_uid, st.st_gid, directories),
             )
         finally:
             os.close(fd)
@@ -563,20 +627,28 @@ class _Scanner:
         # Only reached when ROOT itself is the target.
         raise _Unservable("symlink to the store's root directory")
 
-    def _untrusted_dir(self, reldir: str) -> str | None:
-        """The first directory from ROOT down to ``reldir`` that a non-root user may write."""
-        if reldir in self.untrusted:
-            return self.untrusted[reldir]
-        above = self._untrusted_dir(posixpath.dirname(reldir)) if reldir else None
-        if above is None:
+    def _chain(self, reldir: str) -> tuple[tuple[str, DirAccess], ...]:
+        """The directories from ROOT down to ``reldir`` (ROOT-relative, ``"."`` for ROOT),
+        each with its owner and mode; cached, since every file of a directory asks."""
+        chain = self.chains.get(reldir)
+        if chain is None:
+            above = self._chain(posixpath.dirname(reldir)) if reldir else ()
             name = reldir or ROOT_DIR
             try:
                 st = os.stat(name, dir_fd=self.root_fd, follow_symlinks=False)
-                above = name if writable_by_others(st.st_uid, st.st_mode) else None
+                here = DirAccess(st.st_uid, st.st_gid, st.st_mode)
             except OSError:
-                above = name
-        self.untrusted[reldir] = above
-        return above
+                here = UNKNOWN_DIR
+            chain = self.chains[reldir] = (*above, (name, here))
+        return chain
+
+    def _searched(self, reldir: str) -> list[DirAccess]:
+        return [access for _, access in self._chain(reldir)]
+
+    def _untrusted_dir(self, reldir: str) -> str | None:
+        """The first directory from ROOT down to ``reldir`` that a non-root user may write."""
+        return next((name for name, access in self._chain(reldir)
+                     if writable_by_others(access.uid, access.mode)), None)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -603,16 +675,10 @@ def _candidate(
     level: str | None, path: str, source: str, st: os.stat_result, *,
     elf: ElfFacts | None = None, capability: bytes | None = None,
     untrusted_dir: str | None = None, problem: str | None = None, link_target: str | None = None,
+    reachable: int = PERMISSION_BITS,
 ) -> Candidate:
     return Candidate(
         level, path, source, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_ino,
         st.st_dev, st.st_nlink, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
-        elf, capability, untrusted_dir, problem, link_target,
-    )
-
-
-def _dir_info(path: str, st: os.stat_result) -> DirInfo:
-    return DirInfo(
-        path, st.st_mode, st.st_uid, st.st_gid, st.st_ino, st.st_dev, st.st_atime_ns,
-        st.st_mtime_ns, st.st_ctime_ns,
+        elf, capability, untrusted_dir, problem, link_target, reachable,
     )

@@ -152,7 +152,7 @@ def presents_as_link(candidate: Candidate, presentation: Presentation,
 
 
 def _directory_attributes(ino: int, info: DirInfo, subdirectories: int) -> Attributes:
-    return Attributes(ino=ino, mode=info.mode, nlink=2 + subdirectories, uid=info.uid,
+    return Attributes(ino=ino, mode=info.reachable_mode, nlink=2 + subdirectories, uid=info.uid,
                       gid=info.gid, size=4096, atime_ns=info.atime_ns,
                       mtime_ns=info.mtime_ns, ctime_ns=info.ctime_ns)
 
@@ -170,11 +170,11 @@ def link_target(candidate: Candidate, presentation: Presentation,
 
 def _file_node(ino: int, relpath: str, candidate: Candidate, target: bytes | None) -> Node:
     xattrs = {XATTR_LEVEL: (candidate.level or BASELINE).encode(),
-              XATTR_SOURCE: candidate.source.encode()}
+              XATTR_SOURCE: os.fsencode(candidate.source)}
     times = {"atime_ns": candidate.atime_ns, "mtime_ns": candidate.mtime_ns,
              "ctime_ns": candidate.ctime_ns}
     if target is None:
-        attributes = Attributes(ino=ino, mode=candidate.mode, nlink=1, uid=candidate.uid,
+        attributes = Attributes(ino=ino, mode=candidate.reachable_mode, nlink=1, uid=candidate.uid,
                                 gid=candidate.gid, size=candidate.size, **times)
         return Node(attributes, relpath, served=candidate, xattrs=xattrs)
     attributes = Attributes(ino=ino, mode=stat.S_IFLNK | 0o777, nlink=1, uid=candidate.uid,
@@ -205,7 +205,7 @@ def build_view(store: Store, resolutions: Iterable[Resolution], *,
     for relpath, ino in dir_inodes.items():
         parent = dir_inodes.get(posixpath.dirname(relpath)) if relpath else None
         if parent is not None:
-            children[parent][posixpath.basename(relpath).encode()] = ino
+            children[parent][os.fsencode(posixpath.basename(relpath))] = ino
 
     for resolution in resolutions:
         candidate, relpath = resolution.served, resolution.relpath
@@ -217,7 +217,7 @@ def build_view(store: Store, resolutions: Iterable[Resolution], *,
         keys.append(key)
         ino = numbers.number(key)
         nodes[ino] = _file_node(ino, relpath, candidate, target)
-        children[parent][posixpath.basename(relpath).encode()] = ino
+        children[parent][os.fsencode(posixpath.basename(relpath))] = ino
 
     for relpath, ino in dir_inodes.items():
         subdirectories = sum(1 for child in children[ino].values() if child in children)

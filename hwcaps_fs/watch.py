@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import trio
 
-from hwcaps_fs.store import Store, locate, rescan_dir, rescan_path
+from hwcaps_fs.store import MAX_DEPTH, Store, locate, rescan_dir, rescan_path
 
 IN_ATTRIB = 0x00000004
 IN_CLOSE_WRITE = 0x00000008
@@ -46,6 +46,11 @@ IN_CLOEXEC = os.O_CLOEXEC
 #: are added through the /proc/self/fd magic link, which must be followed.
 WATCH_MASK = (IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
               | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+
+#: How many path components below ROOT directories are watched: as deep as the scan merges
+#: them (:data:`~hwcaps_fs.store.MAX_DEPTH`) in a tree whose top is two components down
+#: (``glibc-hwcaps/<level>``).
+MAX_WATCH_DEPTH = MAX_DEPTH + 2
 
 #: Events that concern the watched directory itself rather than an entry in it.
 SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF
@@ -165,8 +170,10 @@ class Watcher:
         be watched: the view then misses their updates)."""
         warnings: list[str] = []
         seen: dict[int, str] = {}
-        for path, _dirs, _files, dir_fd in os.fwalk(".", dir_fd=self._root_fd):
+        for path, dirs, _files, dir_fd in os.fwalk(".", dir_fd=self._root_fd):
             relpath = "" if path == "." else posixpath.relpath(path, ".")
+            if relpath.count("/") + 1 >= MAX_WATCH_DEPTH:
+                dirs.clear()
             try:
                 wd = _check(_libc.inotify_add_watch(
                     self._fd, f"/proc/self/fd/{dir_fd}".encode(), WATCH_MASK),

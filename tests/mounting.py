@@ -35,6 +35,15 @@ def hwcaps_fs(*args: str, timeout: float = DEADLINE) -> subprocess.CompletedProc
                           text=True, timeout=timeout, check=False, env=ENVIRONMENT, cwd="/")
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -> None:
+    """A refusal as the command line promises it: exit ``code`` and one line on stderr."""
+    assert result.returncode == code, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hwcaps-fs: ")
+    assert "Traceback" not in result.stderr
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll ``condition`` until true; returns the seconds it took, fails after ``timeout``."""
     start = time.monotonic()
@@ -126,15 +135,16 @@ def _wait_ready(sock: socket.socket, process: subprocess.Popen[bytes], log: Path
 
 
 @contextlib.contextmanager
-def mounted(root: Path, mountpoint: Path, *args: str,
-            env: dict[str, str] | None = None) -> Iterator[Mount]:
-    """``hwcaps-fs mount --foreground --root ROOT [args] MOUNTPOINT`` for the ``with`` body."""
+def mounted(root: Path, mountpoint: Path, *args: str, env: dict[str, str] | None = None,
+            prefix: tuple[str, ...] = ()) -> Iterator[Mount]:
+    """``hwcaps-fs mount --foreground --root ROOT [args] MOUNTPOINT`` for the ``with`` body,
+    run through ``prefix`` (``setpriv ...``) when given."""
     work = mountpoint.parent / f".{mountpoint.name}.daemon"
     work.mkdir(exist_ok=True)
     log = work / "stderr"
     sock = _ready_socket(work)
-    command = [sys.executable, "-m", "hwcaps_fs", "mount", "--foreground", "--root", str(root),
-               *args, str(mountpoint)]
+    command = [*prefix, sys.executable, "-m", "hwcaps_fs", "mount", "--foreground",
+               "--root", str(root), *args, str(mountpoint)]
     environment = {**ENVIRONMENT, **(env or {}), "NOTIFY_SOCKET": str(work / "notify.sock")}
     with log.open("wb") as stderr:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr,

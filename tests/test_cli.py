@@ -11,19 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.builders import variant_store
+from tests.mounting import assert_one_line_error
 
 
 def hwcaps_fs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hwcaps_fs", *args], capture_output=True,
                           text=True, timeout=60, env={**os.environ, **(env or {})})
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -> None:
-    assert result.returncode == code, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("hwcaps-fs: ")
-    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture

@@ -1,0 +1,81 @@
+"""Who may reach a file through the directories above it, as permission bits the view can show.
+
+An ``allow_other`` mount answers every user with the attributes it presents, and the kernel
+(``default_permissions``) checks only those. A file's own mode is not the whole story on disk:
+to open ``glibc-hwcaps/x86-64-v3/bin/foo`` a user must also be able to search every directory
+above it, ROOT's parents included. If the view showed the file's mode unchanged, a user whom a
+``0700`` variant directory keeps out would run and read that build through the mount.
+
+So the view clears the permission bits of each class (owner, group, other) of the file whose
+members might be unable to search one of those directories. Group memberships are not known
+here (and change), so the rule is conservative: a class keeps its bits only when *every* class
+of the directory its members might fall into has the search bit. Someone may therefore be
+refused through the view what the real path would allow; nobody is allowed what it refuses.
+Root is never refused a search, so root-owned files keep their owner bits.
+"""
+
+from __future__ import annotations
+
+import enum
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class Class(enum.Enum):
+    """The three classes of a permission check, by the bits that apply to them."""
+
+    OWNER = stat.S_IRWXU
+    GROUP = stat.S_IRWXG
+    OTHER = stat.S_IRWXO
+
+    @property
+    def search_bit(self) -> int:
+        return self.value & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+#: Every permission bit a class can hold.
+PERMISSION_BITS = stat.S_IRWXU | stat.S_IRWXG | stat.S_IRWXO
+
+
+@dataclass(frozen=True)
+class DirAccess:
+    """The owner, group and mode of one directory above a file: what searching it takes."""
+
+    uid: int
+    gid: int
+    mode: int
+
+
+def classes_in(directory: DirAccess, who: Class, uid: int, gid: int) -> frozenset[Class]:
+    """The classes of ``directory`` that a member of class ``who`` of a file owned by
+    ``uid:gid`` may fall into. An empty set means unconstrained (root).
+
+    The file's owner is the directory's owner when the uids match, and otherwise in its group
+    or not (unknown). A member of the file's group, or anyone else, may be the directory's owner
+    unless that owner is the file's owner; a member of the file's group is in the directory's
+    group when the gids match, anyone else then is not.
+    """
+    if who is Class.OWNER:
+        if uid == 0:
+            return frozenset()
+        if directory.uid == uid:
+            return frozenset({Class.OWNER})
+        return frozenset({Class.GROUP, Class.OTHER})
+    may_own = {Class.OWNER} if directory.uid not in (0, uid) else set()
+    if directory.gid == gid:
+        return frozenset({*may_own, Class.GROUP if who is Class.GROUP else Class.OTHER})
+    return frozenset({*may_own, Class.GROUP, Class.OTHER})
+
+
+def reachable_bits(uid: int, gid: int, directories: Iterable[DirAccess]) -> int:
+    """The permission bits of a file owned by ``uid:gid`` that survive ``directories`` (every
+    directory that must be searched to reach it): each class keeps its bits only if all the
+    directory classes its members may fall into have the search bit, in every directory."""
+    kept = PERMISSION_BITS
+    for directory in directories:
+        for who in Class:
+            if kept & who.value and any(not directory.mode & where.search_bit
+                                        for where in classes_in(directory, who, uid, gid)):
+                kept &= ~who.value
+    return kept
