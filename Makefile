@@ -13,7 +13,7 @@ DEMO ?= /var/tmp/hwcaps-fs-demo
 LEVELS := x86-64 x86-64-v2 x86-64-v3 x86-64-v4
 DEMO_CFLAGS := -O3 -ffast-math -mneeded
 
-.PHONY: deps apt venv demo demo-store test lint unit clean bench
+.PHONY: deps apt venv demo demo-store test lint unit clean bench soak
 
 deps: apt venv
 
@@ -81,6 +81,13 @@ clean:
 # Benchmarks (issue: bench/): writes bench/results.md, which README.md quotes.
 bench: deps
 	$(BIN)/python bench/run.py --out bench/results.md --readme README.md
+
+# Soak (issue 7): SOAK_SECONDS of parallel execs through a mount while its store is churned;
+# writes bench/soak-results.md, which README.md quotes between its soak markers.
+SOAK_SECONDS ?= 600
+soak: deps
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --out bench/soak-results.md \
+	    --readme README.md
 
 # ---- install, uninstall, boot-test (mount-helpers/, systemd-units/, tests/boot/) -----------------
 # make install [PREFIX=/usr/local] [DESTDIR=]: the Python package goes into its own virtualenv,
