@@ -140,14 +140,9 @@ install-units:
 	    sed 's|/usr/local/bin/hwcaps-fs|$(BINDIR)/hwcaps-fs|g' "systemd-units/$$unit" \
 	        > "$(DESTDIR)$(UNITDIR)/$$unit" && chmod 644 "$(DESTDIR)$(UNITDIR)/$$unit"; \
 	done
-	for dropin in systemd-units/*.d; do \
-	    install -d "$(DESTDIR)$(UNITDIR)/$${dropin#*/}" && \
-	    install -m 644 "$$dropin"/*.conf "$(DESTDIR)$(UNITDIR)/$${dropin#*/}/"; \
-	done
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) $(addprefix $(DESTDIR)$(SBINDIR)/,$(HELPERS))
-	for dropin in systemd-units/*.d; do rm -rf "$(DESTDIR)$(UNITDIR)/$${dropin#*/}"; done
 	rm -f $(DESTDIR)$(BINDIR)/hwcaps-fs
 	rm -rf $(DESTDIR)$(INSTALL_VENV)
 

@@ -104,6 +104,31 @@ def crash_test() -> dict[str, object]:
     return report
 
 
+def main_pid(unit: str) -> int:
+    shown = run("systemctl", "show", "--property=MainPID", "--value", unit)
+    return int(str(shown["stdout"]) or 0)
+
+
+def service_crash_test() -> dict[str, object]:
+    """kill -9 the Type=notify service's daemon: systemd must start it again on its own
+    (Restart=on-failure), and the view must serve again."""
+    unit, probe = UNITS[2], PROBES[2]
+    pid = main_pid(unit)
+    report: dict[str, object] = {"daemon_pid": pid}
+    if not pid:
+        return report
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    while time.monotonic() - start < UNMOUNT_TIMEOUT:
+        again = main_pid(unit)
+        if again not in (0, pid) and unit_states()[unit].get("ActiveState") == "active":
+            break
+        time.sleep(0.1)
+    report.update(restarted_after_s=round(time.monotonic() - start, 2), new_pid=main_pid(unit),
+                  units=unit_states(), mounts=mount_types(), probe=run(probe))
+    return report
+
+
 def main() -> None:
     cmdline = Path("/proc/cmdline").read_text().split()
     result: dict[str, object] = {
@@ -118,6 +143,7 @@ def main() -> None:
     # The crash test needs a daemon: after hwcaps_fs=off there is none to kill.
     if mount_types()["/usr/bin"] is not None:
         result["crash"] = crash_test()
+        result["service_crash"] = service_crash_test()
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=1))
     os.sync()

@@ -325,6 +325,7 @@ def judge(boot: Boot) -> None:
     for probe, run in probes.items():
         check(f"{probe} runs {level}", output_of(run) == level, output_of(run))
     judge_crash(result.get("crash"), level, check)
+    judge_service_crash(result.get("service_crash"), level, check)
     judge_journal(boot.journal, check)
 
 
@@ -343,6 +344,21 @@ def judge_crash(crash: object, level: str, check: Callable[[str, bool, str], Non
     check("crash test: systemctl start usr-bin.mount serves again",
           crash["restart"]["rc"] == 0 and output_of(again["probe"]) == level,
           f"rc {crash['restart']['rc']}, probe {output_of(again['probe'])}")
+
+
+def judge_service_crash(crash: object, level: str,
+                        check: Callable[[str, bool, str], None]) -> None:
+    if not isinstance(crash, dict) or not crash.get("daemon_pid"):
+        check("service crash test: the service's daemon was found", False, f"{crash}")
+        return
+    unit = "hwcaps-fs@opt-svcstore.service"
+    check("service crash test: systemd restarts the killed daemon (Restart=on-failure)",
+          crash["new_pid"] not in (0, crash["daemon_pid"])
+          and crash["units"][unit].get("ActiveState") == "active",
+          f"pid {crash['daemon_pid']} -> {crash['new_pid']} after {crash['restarted_after_s']} s")
+    check("service crash test: the restarted service serves again",
+          crash["mounts"]["/opt/svcstore"] == "fuse.hwcaps-fs"
+          and output_of(crash["probe"]) == level, output_of(crash["probe"]))
 
 
 def judge_journal(journal: str, check: Callable[[str, bool, str], None]) -> None:
