@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hwcaps_fs.cpu import DetectOptions, detect
 from tests.builders import gcc_available
+from tests.mounting import cleanup
 
 
 def can_mount_fuse() -> str | None:
@@ -36,3 +41,23 @@ def fuse_ok() -> None:
     reason = can_mount_fuse()
     if reason:
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def level() -> str:
+    """The level this machine serves (the test programs print it)."""
+    return detect(DetectOptions()).level
+
+
+@pytest.fixture
+def public(fuse_ok: None) -> Iterator[Path]:
+    """A directory every user can traverse (pytest's own are 0700), removed afterwards with
+    whatever is mounted at its ``mnt`` or ``store``."""
+    path = Path(tempfile.mkdtemp(prefix="hwcaps-fs-test-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for mountpoint in (path / "mnt", path / "store"):
+            cleanup(mountpoint)
+        shutil.rmtree(path, ignore_errors=True)

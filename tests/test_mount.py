@@ -11,16 +11,13 @@ import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.cpu import DetectOptions, detect
 from hwcaps_fs.daemon import RUNTIME_DIR, runtime_name
 from tests.builders import compile_c, compile_level, install
 from tests.mounting import (
@@ -52,25 +49,6 @@ int main(void) {
     return 0;
 }
 """
-
-
-@pytest.fixture(scope="module")
-def level() -> str:
-    """The level this machine serves (the test programs print it)."""
-    return detect(DetectOptions()).level
-
-
-@pytest.fixture
-def public(fuse_ok: None) -> Iterator[Path]:
-    """A directory every user can traverse (pytest's own are 0700), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="hwcaps-fs-test-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        for mountpoint in (path / "mnt", path / "store"):
-            cleanup(mountpoint)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def variant_path(store: Path, level: str, relpath: str) -> Path:

@@ -9,20 +9,16 @@ import shutil
 import socket
 import stat
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.cpu import DetectOptions, detect
 from hwcaps_fs.levels import X86_64
 from tests import elf_images as img
 from tests.builders import compile_level, install, variant_store
 from tests.mounting import (
     DEADLINE,
     assert_one_line_error,
-    cleanup,
     daemon_pids,
     hwcaps_fs,
     is_fuse_mounted,
@@ -39,25 +35,11 @@ LONG_NAME = "n" * 255
 LATIN1_NAME = b"caf\xe9"
 
 
-@pytest.fixture(scope="module")
-def level() -> str:
-    return detect(DetectOptions()).level
-
-
 @pytest.fixture
-def area(fuse_ok: None) -> Iterator[Path]:
-    """A directory every user can traverse (pytest's are 0700), with ``mnt`` in it."""
-    path = Path(tempfile.mkdtemp(prefix="hwcaps-fs-bad-", dir="/tmp"))
-    path.chmod(0o755)
-    (path / "mnt").mkdir()
-    try:
-        yield path
-    finally:
-        cleanup(path / "mnt")
-        for entry in path.rglob("*"):
-            if entry.is_dir() and not entry.is_symlink():
-                entry.chmod(0o755)
-        shutil.rmtree(path, ignore_errors=True)
+def area(public: Path) -> Path:
+    """A directory every user can traverse, with an empty ``mnt`` in it."""
+    (public / "mnt").mkdir()
+    return public
 
 
 def run(path: Path, user: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.cpu import DetectOptions, detect
 from hwcaps_fs.daemon import parse_mountinfo
 from hwcaps_fs.levels import architecture_named
 from hwcaps_fs.resolve import Target, resolve_store
@@ -47,12 +46,6 @@ CONFINED = ('echo 0 > /proc/sys/user/max_user_namespaces && mount --bind /dev/nu
             '&& exec setpriv --bounding-set=-sys_admin --inh-caps=-sys_admin "$@"')
 
 mount = pytest.mark.usefixtures("fuse_ok")
-
-
-@pytest.fixture(scope="module")
-def level() -> str:
-    """The level this machine serves (what the variant programs print)."""
-    return detect(DetectOptions()).level
 
 
 def _leftovers(marker: Path) -> list[int]:
