@@ -460,11 +460,12 @@ README_START = "<!-- bench results: start -->"
 README_END = "<!-- bench results: end -->"
 
 
-def quote_in_readme(readme: Path, lines: list[str]) -> None:
+def quote_in_readme(readme: Path, lines: list[str], start_marker: str = README_START,
+                    end_marker: str = README_END) -> None:
     """Replace what stands between the markers in ``readme`` with ``lines`` (headings one
     level down), so that README.md never quotes a figure typed by hand."""
     text = readme.read_text()
-    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
     body = ["#" + line if line.startswith("#") else line for line in lines]
     readme.write_text(text[:start] + "\n" + "\n".join(body).strip() + "\n" + text[end:])
 

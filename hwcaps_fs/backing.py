@@ -1,12 +1,16 @@
-"""The files behind the view: opened on the first read, kept while the kernel knows the inode.
+"""The files behind the view: opened when the view starts serving them, kept while it does.
 
 An exec through the mount sends OPEN; with keep_cache the binary's bytes then come from the
 page cache, so in steady state nothing is ever read and ``open`` must not touch the disk
-(research/fuse-floor.md). The backing file is therefore opened on the first READ of an inode
-and kept open for as long as the kernel may ask for that inode again. Keeping it open is also
-what lets an old inode keep working after its file was replaced by a rename: the descriptor
-still reaches the old content, which is exactly what a process that looked the name up before
-the update expects.
+(research/fuse-floor.md). The backing file of every file the view serves is therefore opened
+before the view is (:meth:`BackingFiles.open_all`), and kept open for as long as the view
+serves that inode or the kernel may ask for it. Opening it on the first READ instead would
+leave a window in which the store removes or replaces the served variant before anything was
+read, and every exec in that window fails, although the view still (rightly) shows the name:
+a package manager removing a variant package hits it (the soak did, bench/soak.py). Keeping
+the file open is also what lets an old inode keep working after its file was replaced by a
+rename: the descriptor still reaches the old content, which is exactly what a process that
+looked the name up before the update expects.
 
 Files are opened from the ROOT directory fd one component at a time without following
 symlinks (the store already resolved them), so nothing here can cross the mount over ROOT, and
@@ -19,8 +23,9 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Iterable
 
-from hwcaps_fs.store import OPEN_DIR_FLAGS, OPEN_FILE_FLAGS, Candidate
+from hwcaps_fs.store import OPEN_DIR_FLAGS, OPEN_FILE_FLAGS, Candidate, show
 
 
 class ReplacedError(OSError):
@@ -60,8 +65,10 @@ def open_candidate(root_fd: int, candidate: Candidate) -> int:
 class BackingFiles:
     """Descriptors of the served candidates, by inode number of the view.
 
-    Blocking: call :meth:`pread` from a worker thread. :meth:`discard` closes what the kernel
-    will never ask for again (an inode it forgot).
+    Blocking: call :meth:`open_all` and :meth:`pread` from a worker thread. :meth:`discard`
+    closes what neither the view nor the kernel will ask for again. Opening happens outside
+    the lock, so a file that is slow to open (a store on a network file system) holds up no
+    other read and no discard.
     """
 
     def __init__(self, root_fd: int) -> None:
@@ -69,12 +76,31 @@ class BackingFiles:
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
 
+    def open_all(self, files: Iterable[tuple[int, Candidate]]) -> list[str]:
+        """Open the file behind each inode of ``files`` that is not open yet; returns one
+        warning per file that could not be opened (its first read tries again)."""
+        warnings = []
+        for inode, candidate in files:
+            if inode not in self._fds:
+                try:
+                    self._keep(inode, open_candidate(self._root_fd, candidate))
+                except OSError as exc:
+                    warnings.append(f"cannot open {show(candidate.source)}: {exc.strerror}")
+        return warnings
+
     def pread(self, inode: int, candidate: Candidate, offset: int, size: int) -> bytes:
-        with self._lock:
-            fd = self._fds.get(inode)
-            if fd is None:
-                fd = self._fds[inode] = open_candidate(self._root_fd, candidate)
+        fd = self._fds.get(inode)
+        if fd is None:
+            fd = self._keep(inode, open_candidate(self._root_fd, candidate))
         return os.pread(fd, size, offset)
+
+    def _keep(self, inode: int, fd: int) -> int:
+        """Record ``fd`` for ``inode``, unless another thread was first: then use its."""
+        with self._lock:
+            kept = self._fds.setdefault(inode, fd)
+        if kept != fd:
+            os.close(fd)
+        return kept
 
     def discard(self, inodes: list[int]) -> None:
         with self._lock:

@@ -6,8 +6,8 @@ the symlink presentation), so they are written to the floor measured in research
 * entries and attributes are cached by the kernel for a day (:data:`CACHE_TIMEOUT`); an update
   is a new inode number plus one invalidated directory entry (:meth:`HwcapsOperations.swap`);
 * ``open`` does no I/O and returns a prebuilt FileInfo with ``keep_cache``; the file handle is
-  the inode number itself, since pyfuse3's ``read`` only gets the handle; the backing file is
-  opened on the first READ (:mod:`hwcaps_fs.backing`);
+  the inode number itself, since pyfuse3's ``read`` only gets the handle; the backing file was
+  opened before the view started serving it (:mod:`hwcaps_fs.backing`);
 * ``release`` returns at once and ``flush`` declines for good (ENOSYS): both sit on the exec path;
 * the mount is nosuid, so the kernel never asks ``security.capability`` at exec; extended
   attributes are answered from memory (``xattr=off`` declines them all with ENOSYS, which makes
@@ -35,6 +35,7 @@ import pyfuse3
 import trio
 
 from hwcaps_fs.backing import BackingFiles, ReplacedError
+from hwcaps_fs.store import Candidate
 from hwcaps_fs.view import Attributes, Node, View, changed_directories, changed_entries
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class HwcapsOperations(pyfuse3.Operations):
         self._xattrs = xattrs
         self._listings: dict[int, tuple[tuple[bytes, int], ...]] = {}
         self._handles = itertools.count(1)
+        _warn(backing.open_all(_files(view, {})))
 
     # -- the view ------------------------------------------------------------------------
 
@@ -148,6 +150,7 @@ class HwcapsOperations(pyfuse3.Operations):
     async def swap(self, view: View) -> None:
         """Serve ``view`` from now on and make the kernel forget what changed."""
         old_view, old_replies = self._view, self._replies
+        _warn(await trio.to_thread.run_sync(self._backing.open_all, _files(view, old_replies)))
         replies: dict[int, Reply] = {}
         for ino, node in view.nodes.items():
             previous = old_replies.get(ino)
@@ -183,8 +186,8 @@ class HwcapsOperations(pyfuse3.Operations):
             self._lookups[inode] -= count
             if self._lookups[inode] <= 0:
                 del self._lookups[inode]
-                self._retired.pop(inode, None)
-                forgotten.append(inode)
+                if self._retired.pop(inode, None):
+                    forgotten.append(inode)
         await self._discard(forgotten)
 
     @guarded
@@ -302,6 +305,18 @@ class HwcapsOperations(pyfuse3.Operations):
     create = _read_only("create")
     setxattr = _read_only("setxattr")
     removexattr = _read_only("removexattr")
+
+
+def _files(view: View, known: Mapping[int, object]) -> list[tuple[int, Candidate]]:
+    """The inodes of ``view`` served as regular files, with their candidates, except those
+    in ``known`` (whose backing files are open already)."""
+    return [(ino, node.served) for ino, node in view.nodes.items()
+            if node.served is not None and node.link_target is None and ino not in known]
+
+
+def _warn(messages: list[str]) -> None:
+    for message in messages:
+        log.warning("%s", message)
 
 
 def _invalidate_attributes(inode: int) -> None:

@@ -237,6 +237,28 @@ def test_live_updates_without_a_failed_exec(binaries: Path, tmp_path: Path, leve
         wait_until(lambda: not (mnt / "sbin").exists(), 1.0, "the removal")
 
 
+def test_removing_the_served_variant_fails_no_exec(binaries: Path, tmp_path: Path,
+                                                   level: str) -> None:
+    """Until the daemon follows a change, the view serves what it scanned: a variant removed
+    before anything read it must still run (the soak found execs failing with ENOENT when
+    backing files were only opened on the first read)."""
+    if level == "x86-64":
+        pytest.skip("this CPU serves no variant to remove")
+    store = make_store(binaries, tmp_path / "store")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    served = variant_path(store, level, "bin/foo")
+    fresh = compile_level(binaries, level, text="fresh")
+    with mounted(store, mnt):
+        for _ in range(5):
+            install(fresh, served.with_name(".foo.new")).rename(served)
+            wait_until(lambda: os.getxattr(mnt / "bin/foo", "user.hwcaps.level")
+                       == level.encode(), DEADLINE, "the view to serve the new file")
+            served.unlink()
+            assert run(mnt / "bin/foo") in ("fresh", *VARIANTS, "baseline")
+            wait_until(lambda: run(mnt / "bin/foo") != "fresh", DEADLINE, "the removal")
+
+
 def test_background_mount_and_umount(binaries: Path, tmp_path: Path, level: str) -> None:
     store = make_store(binaries, tmp_path / "store")
     mnt = tmp_path / "mnt"
