@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import threading
 from collections.abc import Iterable
 
@@ -35,31 +36,47 @@ class ReplacedError(OSError):
         super().__init__(errno.ESTALE, f"{source} was replaced since it was scanned")
 
 
+def open_dir_beneath(root_fd: int, reldir: str) -> int:
+    """Open the directory ``reldir`` (ROOT-relative, already free of symlinks; "" is ROOT)
+    from ``root_fd``, refusing symlinks and ``..`` at every step."""
+    parts = reldir.split("/") if reldir else []
+    if any(part in ("", ".", "..") for part in parts):
+        raise OSError(errno.EINVAL, f"not a directory inside the store: {reldir}")
+    fd = os.open(".", OPEN_DIR_FLAGS, dir_fd=root_fd)
+    for part in parts:
+        try:
+            sub = os.open(part, OPEN_DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = sub
+    return fd
+
+
 def open_beneath(root_fd: int, relpath: str) -> int:
     """Open ``relpath`` (ROOT-relative, already free of symlinks) read-only from ``root_fd``,
     refusing symlinks and ``..`` at every step."""
-    *directories, name = relpath.split("/")
-    if ".." in directories or name in ("", ".", ".."):
+    reldir, name = posixpath.split(relpath)
+    if name in ("", ".", ".."):
         raise OSError(errno.EINVAL, f"not a path inside the store: {relpath}")
-    fd = os.open(".", OPEN_DIR_FLAGS, dir_fd=root_fd)
+    dir_fd = open_dir_beneath(root_fd, reldir)
     try:
-        for part in directories:
-            sub = os.open(part, OPEN_DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = sub
-        return os.open(name, OPEN_FILE_FLAGS, dir_fd=fd)
+        return os.open(name, OPEN_FILE_FLAGS, dir_fd=dir_fd)
     finally:
-        os.close(fd)
+        os.close(dir_fd)
 
 
-def open_candidate(root_fd: int, candidate: Candidate) -> int:
-    """An fd of ``candidate``'s source; :class:`ReplacedError` if it is another file now."""
-    fd = open_beneath(root_fd, candidate.source)
+def _checked(fd: int, candidate: Candidate) -> int:
+    """``fd`` if it is ``candidate``'s file (closed otherwise: :class:`ReplacedError`)."""
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != (candidate.dev, candidate.ino):
         os.close(fd)
         raise ReplacedError(candidate.source)
     return fd
+
+
+def open_candidate(root_fd: int, candidate: Candidate) -> int:
+    """An fd of ``candidate``'s source; :class:`ReplacedError` if it is another file now."""
+    return _checked(open_beneath(root_fd, candidate.source), candidate)
 
 
 class BackingFiles:
@@ -80,12 +97,23 @@ class BackingFiles:
         """Open the file behind each inode of ``files`` that is not open yet; returns one
         warning per file that could not be opened (its first read tries again)."""
         warnings = []
-        for inode, candidate in files:
-            if inode not in self._fds:
+        directories: dict[str, int] = {}
+        try:
+            for inode, candidate in files:
+                if inode in self._fds:
+                    continue
+                reldir, name = posixpath.split(candidate.source)
                 try:
-                    self._keep(inode, open_candidate(self._root_fd, candidate))
+                    dir_fd = directories.get(reldir)
+                    if dir_fd is None:
+                        dir_fd = directories[reldir] = open_dir_beneath(self._root_fd, reldir)
+                    fd = os.open(name, OPEN_FILE_FLAGS, dir_fd=dir_fd)
+                    self._keep(inode, _checked(fd, candidate))
                 except OSError as exc:
                     warnings.append(f"cannot open {show(candidate.source)}: {exc.strerror}")
+        finally:
+            for dir_fd in directories.values():
+                os.close(dir_fd)
         return warnings
 
     def pread(self, inode: int, candidate: Candidate, offset: int, size: int) -> bytes:
