@@ -127,6 +127,9 @@ def apply_changes(store: Store, root_fd: int, changes: Changes) -> list[str]:
 
     A change outside every tree (``glibc-hwcaps`` itself, a level directory appearing) or a
     lost event rescans everything; a directory rescans its subtree; a file only its name.
+    Names with a variant that is a symlink are rescanned on every change: no event reaches a
+    link's directory when what it points to (or a link along the way) is replaced, removed or
+    created, and variant links are few.
     """
     located = [(change, locate(store, change.path)) for change in changes.changes]
     if changes.overflow or any(where is None or not where[1] for _, where in located):
@@ -139,7 +142,16 @@ def apply_changes(store: Store, root_fd: int, changes: Changes) -> list[str]:
     for change, where in located:
         if where and not change.is_dir and not _below(where[1], directories):
             rescan_path(store, root_fd, where[1])
+    for relpath in variant_links(store):
+        rescan_path(store, root_fd, relpath)
     return warnings
+
+
+def variant_links(store: Store) -> list[str]:
+    """The view paths with a variant that is a symlink (followed or not)."""
+    return [relpath for relpath, candidates in store.files.items()
+            if any(level is not None and candidate.link_target is not None
+                   for level, candidate in candidates.items())]
 
 
 def _below(relpath: str, directories: set[str]) -> bool:
