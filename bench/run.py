@@ -69,6 +69,17 @@ def mounted(root: Path, mountpoint: Path, *options: str) -> Iterator[float]:
         subprocess.run([*HWCAPS_FS, "umount", str(mountpoint)], capture_output=True)
 
 
+def wait_mounted(mountpoint: Path, daemon: subprocess.Popen[bytes], timeout: float,
+                 what: str) -> None:
+    """Wait until ``daemon`` has mounted ``mountpoint``; RuntimeError naming ``what`` if it
+    exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mountpoint):
+        if time.monotonic() > deadline or daemon.poll() is not None:
+            raise RuntimeError(f"{what} did not mount")
+        time.sleep(0.01)
+
+
 @contextlib.contextmanager
 def floor_mounted(program: Path, mountpoint: Path) -> Iterator[Path]:
     """bench/floor_fs.py serving ``program`` at ``mountpoint``; yields the path to exec."""
@@ -76,11 +87,7 @@ def floor_mounted(program: Path, mountpoint: Path) -> Iterator[Path]:
     daemon = subprocess.Popen([sys.executable, str(HERE / "floor_fs.py"), str(program),
                                str(mountpoint)])
     try:
-        deadline = time.monotonic() + 10
-        while not os.path.ismount(mountpoint):
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise RuntimeError("bench/floor_fs.py did not mount")
-            time.sleep(0.01)
+        wait_mounted(mountpoint, daemon, 10, "bench/floor_fs.py")
         yield mountpoint / "prog"
     finally:
         subprocess.run(["umount", str(mountpoint)], capture_output=True)

@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from run import HWCAPS_FS, Stats, gcc, quote_in_readme, rss_mb
+from run import HWCAPS_FS, Stats, gcc, quote_in_readme, rss_mb, wait_mounted
 
 from hwcaps_fs.cpu import DetectOptions, detect
 from hwcaps_fs.levels import Architecture
@@ -373,11 +373,10 @@ def serving(root: Path, mountpoint: Path, log: Path) -> Iterator[subprocess.Pope
                                    str(mountpoint)], stdin=subprocess.DEVNULL, stdout=stderr,
                                   stderr=stderr, start_new_session=True)
     try:
-        deadline = time.monotonic() + DEADLINE
-        while not os.path.ismount(mountpoint):
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise RuntimeError(f"hwcaps-fs did not mount: {log.read_text(errors='replace')}")
-            time.sleep(0.05)
+        try:
+            wait_mounted(mountpoint, daemon, DEADLINE, "hwcaps-fs")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {log.read_text(errors='replace')}") from None
         yield daemon
     finally:
         if daemon.poll() is None:

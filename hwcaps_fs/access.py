@@ -68,6 +68,12 @@ def classes_in(directory: DirAccess, who: Class, uid: int, gid: int) -> frozense
     return frozenset({*may_own, Class.GROUP, Class.OTHER})
 
 
+def restricted(mode: int, bits: int) -> int:
+    """``mode`` with only the permission bits among ``bits`` left (type and setuid, setgid and
+    sticky bits unchanged): what a view shows, given :func:`reachable_bits`."""
+    return mode & (~PERMISSION_BITS | bits)
+
+
 def reachable_bits(uid: int, gid: int, directories: Iterable[DirAccess]) -> int:
     """The permission bits of a file owned by ``uid:gid`` that survive ``directories`` (every
     directory that must be searched to reach it): each class keeps its bits only if all the

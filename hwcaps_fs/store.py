@@ -34,7 +34,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from hwcaps_fs.access import PERMISSION_BITS, DirAccess, reachable_bits
+from hwcaps_fs.access import PERMISSION_BITS, DirAccess, reachable_bits, restricted
 from hwcaps_fs.elf import ElfError, ElfFacts, read_elf_facts_fd
 from hwcaps_fs.errors import PathError
 from hwcaps_fs.levels import ALL_LEVEL_NAMES, Architecture, architecture_of_level
@@ -123,7 +123,7 @@ class Candidate:
     @property
     def reachable_mode(self) -> int:
         """``mode`` without the permissions the directories above deny (what a view shows)."""
-        return self.mode & (~PERMISSION_BITS | self.reachable_bits)
+        return restricted(self.mode, self.reachable_bits)
 
     @property
     def unfollowed_link(self) -> bool:
@@ -159,7 +159,7 @@ class DirInfo:
 
     @property
     def reachable_mode(self) -> int:
-        return self.mode & (~PERMISSION_BITS | self.reachable_bits)
+        return restricted(self.mode, self.reachable_bits)
 
 
 @dataclass
