@@ -361,6 +361,7 @@ class _Scanner:
         self.roots = tree_roots(store.layout, store.architecture)
         self.warnings = store.warnings if warnings is None else warnings
         self.chains: dict[str, tuple[tuple[str, DirAccess], ...]] = {}
+        self.reachable: dict[tuple[str, str, int, int], int] = {}
 
     # -- the whole store -------------------------------------------------------------------
 
@@ -568,14 +569,10 @@ class _Scanner:
                 elf = read_elf_facts_fd(fd)
             except ElfError as exc:
                 problem = f"malformed ELF file: {exc}"
-            searched = {posixpath.dirname(path), posixpath.dirname(source)}
-            directories = [*self.store.root_parents,
-                           *(access for reldir in searched for access in self._searched(reldir))]
             return _candidate(
                 level, path, source, st, elf=elf, capability=_capability(fd),
                 untrusted_dir=self._untrusted_dir(posixpath.dirname(source)), problem=problem,
-                link_target=link_target,
-                reachable=reachable_bits(st.st_uid, st.st_gid, directories),
+                link_target=link_target, reachable=self._reachable(path, source, st),
             )
         finally:
             os.close(fd)
@@ -644,6 +641,19 @@ class _Scanner:
 
     def _searched(self, reldir: str) -> list[DirAccess]:
         return [access for _, access in self._chain(reldir)]
+
+    def _reachable(self, path: str, source: str, st: os.stat_result) -> int:
+        """:func:`~hwcaps_fs.access.reachable_bits` of the file found at ``path`` (ROOT's
+        parents, and the directories down to ``path`` and to ``source`` if a symlink led
+        there); cached, since the files of a directory mostly share an owner."""
+        key = (posixpath.dirname(path), posixpath.dirname(source), st.st_uid, st.st_gid)
+        bits = self.reachable.get(key)
+        if bits is None:
+            directories = [*self.store.root_parents,
+                           *(access for reldir in dict.fromkeys(key[:2])
+                             for access in self._searched(reldir))]
+            bits = self.reachable[key] = reachable_bits(st.st_uid, st.st_gid, directories)
+        return bits
 
     def _untrusted_dir(self, reldir: str) -> str | None:
         """The first directory from ROOT down to ``reldir`` that a non-root user may write."""
