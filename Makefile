@@ -17,22 +17,27 @@ DEMO_CFLAGS := -O3 -ffast-math -mneeded
 
 deps: apt venv
 
+# $(call quietly,COMMANDS): run COMMANDS (no commas) with their output kept aside, and shown
+# only if they fail: the demo and the tests show themselves, not the installation.
+quietly = log=$$(mktemp); if ( $(1) ) >"$$log" 2>&1; then rm -f "$$log"; \
+    else status=$$?; cat "$$log" >&2; rm -f "$$log"; exit $$status; fi
+
 # Install the Debian packages only when one is missing, so a second run needs no network.
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	    | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	    echo "installing: $$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    echo "installing Debian packages:" $$missing; \
+	    $(call quietly,apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing); \
 	fi
 
 venv: $(BIN)/hwcaps-fs
 
 $(BIN)/hwcaps-fs: pyproject.toml | apt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	touch $@
+	@echo "creating $(VENV) with hwcaps-fs and its Python dependencies"
+	@$(call quietly,$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --upgrade pip \
+	    && $(BIN)/pip install -e '.[test]')
+	@touch $@
 
 # The demo store, glibc layout: bin/hwcaps-demo is the baseline, glibc-hwcaps/<level>/bin/ the
 # variants. Every build carries its ISA note (-mneeded), so a misplaced one would be caught.
@@ -78,16 +83,16 @@ clean:
 	-$(BIN)/hwcaps-fs umount $(DEMO)/mnt 2>/dev/null
 	rm -rf $(DEMO) $(VENV) *.egg-info
 
-# Benchmarks (issue: bench/): writes bench/results.md, which README.md quotes.
+# Benchmarks: write bench/results.md, and the summary of it that README.md quotes.
 bench: deps
 	$(BIN)/python bench/run.py --out bench/results.md --readme README.md
 
 # Soak (issue 7): SOAK_SECONDS of parallel execs through a mount while its store is churned;
-# writes bench/soak-results.md, which README.md quotes between its soak markers.
+# writes bench/soak-results.md, which docs/testing.md quotes between its soak markers.
 SOAK_SECONDS ?= 600
 soak: deps
 	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --out bench/soak-results.md \
-	    --readme README.md
+	    --doc docs/testing.md
 
 # ---- install, uninstall, boot-test (mount-helpers/, systemd-units/, tests/boot/) -----------------
 # make install [PREFIX=/usr/local] [DESTDIR=]: the Python package goes into its own virtualenv,
@@ -96,7 +101,7 @@ soak: deps
 # console script. The mount helpers go to /sbin whatever PREFIX is, because mount(8) looks for
 # mount.<type> only in /sbin:/sbin/fs.d:/sbin/fs; they get the absolute path of hwcaps-fs
 # written in, since mount(8) and systemd run them without PATH. The units go to $(UNITDIR),
-# not enabled (see systemd-units/README-section.md). Building needs the `apt` packages
+# not enabled (see docs/boot.md). Building needs the `apt` packages
 # (pyfuse3 is compiled); the target system needs python3 (same version), libfuse3-3 and fuse3
 # (fusermount3, for auto_unmount). With DESTDIR, the venv is built in $(DESTDIR)$(INSTALL_VENV)
 # and its scripts are rewritten to name $(INSTALL_VENV).

@@ -5,7 +5,8 @@
 Exec latency is measured with bench/execbench.c (posix_spawn + waitpid), interleaved: R rounds,
 each running every configuration for N spawns in turn, so that whatever else the machine does
 spreads over all configurations alike. Medians and spreads (p10, p90) are pooled over rounds.
-Nothing in the output is typed by hand: README.md quotes this file's output.
+Nothing in the output is typed by hand: README.md quotes a summary of this file's output
+(``--readme``; ``--summarize`` requotes the last results without measuring).
 """
 
 from __future__ import annotations
@@ -467,6 +468,81 @@ README_START = "<!-- bench results: start -->"
 README_END = "<!-- bench results: end -->"
 
 
+@dataclass(frozen=True)
+class Headline:
+    """One figure README.md quotes from results.md: the cell in ``column`` of the row named
+    ``row`` (what follows `` (`` in a name is left out) in the table under the heading that
+    starts with ``section`` (and the bold sub-heading ``part``, if any), then ``unit``."""
+
+    measure: str
+    section: str
+    part: str
+    row: str
+    column: str
+    unit: str = "× direct"
+
+
+#: README.md's summary of the results. A headline whose row the run did not produce (an
+#: ``--only`` run, a renamed configuration) is left out.
+HEADLINES = (
+    Headline("warm exec, static binary (median)", "Warm exec", "static", "store, files",
+             "× median"),
+    Headline("warm exec, dynamic binary (median)", "Warm exec", "dynamic", "store, files",
+             "× median"),
+    Headline("the same on a minimal stock pyfuse3 file system (the stack's floor)",
+             "Warm exec", "dynamic", "pyfuse3 floor", "× median"),
+    Headline("warm exec, `bash -c true`", "Warm exec", "bash", "store, files", "× median"),
+    Headline("exec after 0.5 s idle", "Exec after idle", "", "files", "× median"),
+    Headline("4 parallel spawners, execs per second", "Parallel exec", "", "files",
+             "× direct"),
+    Headline("`ls -l` of 3,000 entries", "Listing", "", "`ls -l` files", "× direct"),
+    Headline("`ls -l` of 3,000 entries, `-o xattr=off`", "Listing", "", "`ls -l` files, xattr=off",
+             "× direct"),
+    Headline("mount ready, 5,000 names", "Mount-ready", "", "5,000",
+             "mount command returns, mount live (s)", " s"),
+    Headline("bench/hwcaps-demo.c: the served build's speed-up over its baseline", "The gain", "",
+             "served", "speed-up", ""),
+)
+
+
+def tables(lines: list[str]) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """The tables of a results.md by (heading, bold sub-heading), each row a dict by column
+    header, with the row's name (its first cell, less any `` (...)``) under ``""``."""
+    found: dict[tuple[str, str], list[dict[str, str]]] = {}
+    heading = part = ""
+    header: list[str] = []
+    for line in lines:
+        if line.startswith("#"):
+            heading, part, header = line.lstrip("# "), "", []
+        elif line.startswith("**"):
+            part, header = line.split("**")[1], []
+        elif line.startswith("|") and not line.startswith("|---"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+            if not header:
+                header = cells
+                found[heading, part] = []
+            else:
+                found[heading, part].append({"": cells[0].split(" (")[0],
+                                             **dict(zip(header, cells, strict=False))})
+        elif not line.startswith("|"):
+            header = []
+    return found
+
+
+def summary(lines: list[str]) -> list[str]:
+    """What README.md quotes: the run's first paragraph, the headlines, a link to the rest."""
+    found = tables(lines)
+    rows = [f"| {headline.measure} | {row[headline.column]}{headline.unit} |"
+            for headline in HEADLINES
+            for (heading, part), table in found.items()
+            if heading.startswith(headline.section) and part == headline.part
+            for row in table if row[""] == headline.row and headline.column in row]
+    about = next(line for line in lines if line.startswith("Run "))
+    return [about, "", "| measure | through the view |", "|---|---|", *rows, "",
+            "Every figure, with its spread and the configurations not shown here: "
+            "[bench/results.md](bench/results.md)."]
+
+
 def quote_in_readme(readme: Path, lines: list[str], start_marker: str = README_START,
                     end_marker: str = README_END) -> None:
     """Replace what stands between the markers in ``readme`` with ``lines`` (headings one
@@ -484,9 +560,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--spawns", type=int, default=250)
     parser.add_argument("--only", choices=sorted(BENCHES), action="append")
-    parser.add_argument("--readme", type=Path, help="also replace the results quoted in this "
+    parser.add_argument("--readme", type=Path, help="also replace the summary quoted in this "
                         f"file between {README_START!r} and {README_END!r}")
+    parser.add_argument("--summarize", action="store_true", help="measure nothing: quote the "
+                        "summary of the existing --out file in --readme")
     args = parser.parse_args()
+    if args.summarize:
+        if not args.readme:
+            parser.error("--summarize needs --readme")
+        quote_in_readme(args.readme, summary(args.out.read_text().splitlines()))
+        return 0
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
@@ -509,7 +592,7 @@ def main() -> int:
            "interleaved samples, so a disturbance falls on every configuration alike).")
     args.out.write_text("\n".join(b.lines) + "\n")
     if args.readme:
-        quote_in_readme(args.readme, b.lines[1:])
+        quote_in_readme(args.readme, summary(b.lines))
     return 0
 
 

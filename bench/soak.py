@@ -633,8 +633,8 @@ def main() -> int:
     parser.add_argument("--tmp", type=Path, default=Path("/var/tmp"),
                         help="where the (removed afterwards) working directory goes")
     parser.add_argument("--out", type=Path, default=HERE / "soak-results.md")
-    parser.add_argument("--readme", type=Path, help="also replace the results quoted in this "
-                        f"file between {README_START!r} and {README_END!r}")
+    parser.add_argument("--doc", type=Path, help="also replace the results quoted in this file "
+                        f"(docs/testing.md) between {README_START!r} and {README_END!r}")
     args = parser.parse_args()
     settings = Settings(args.seconds, args.workers, args.names, args.rate, args.settle,
                         args.rss_every, args.rss_limit, args.seed)
@@ -654,8 +654,8 @@ def main() -> int:
     lines = report(outcome)
     print("\n".join(lines))
     args.out.write_text("\n".join(lines) + "\n")
-    if args.readme:
-        quote_in_readme(args.readme, lines[1:], README_START, README_END)
+    if args.doc:
+        quote_in_readme(args.doc, lines[1:], README_START, README_END)
     return 1 if outcome.problems() else 0
 
 

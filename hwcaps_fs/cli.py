@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated mount options (see README.md)")
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="serve in the foreground (sends READY=1 to $NOTIFY_SOCKET)")
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount.add_argument("paths", nargs="+", metavar="[ROOT] MOUNTPOINT",
+                       help="as mount(8): ROOT MOUNTPOINT is --root ROOT MOUNTPOINT")
     _layout_argument(mount)
 
     umount = commands.add_parser("umount", help="unmount a view")
@@ -166,9 +167,9 @@ def _run_mount(args: argparse.Namespace) -> int:
     from hwcaps_fs.mount_options import parse_mount_options
 
     options = parse_mount_options(args.options, is_root=os.geteuid() == 0)
-    mountpoint = args.mountpoint
+    root, mountpoint = _root_and_mountpoint(args.root, args.paths)
     config = MountConfig(
-        root=args.root or mountpoint,
+        root=root,
         mountpoint=mountpoint,
         options=options,
         detect_options=detect_options(args, level=options.level),
@@ -177,6 +178,16 @@ def _run_mount(args: argparse.Namespace) -> int:
     )
     mount(config)
     return 0
+
+
+def _root_and_mountpoint(root: str | None, paths: list[str]) -> tuple[str, str]:
+    """``[--root ROOT] MOUNTPOINT``, or ``ROOT MOUNTPOINT`` in mount(8)'s order."""
+    if len(paths) == 1:
+        return root or paths[0], paths[0]
+    if len(paths) == 2 and root is None:
+        return paths[0], paths[1]
+    raise UsageError(f"mount: expected [--root ROOT] MOUNTPOINT or ROOT MOUNTPOINT, got "
+                     f"{' '.join(paths)}" + (f" with --root {root}" if root else ""))
 
 
 def _run_umount(args: argparse.Namespace) -> int:

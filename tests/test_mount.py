@@ -274,6 +274,13 @@ def test_background_mount_and_umount(binaries: Path, tmp_path: Path, level: str)
         wait_until(lambda: not daemon_pids(mnt), DEADLINE, "the daemon to exit")
         missing = hwcaps_fs("mount", "--root", str(tmp_path / "none"), str(mnt))
         assert (missing.returncode, missing.stderr.count("\n")) == (3, 1)
+        # mount(8)'s order, ROOT MOUNTPOINT, is --root ROOT MOUNTPOINT
+        result = hwcaps_fs("mount", str(store), str(mnt))
+        assert result.returncode == 0, result.stderr
+        assert run(mnt / "bin/foo") == level
+        assert hwcaps_fs("umount", str(mnt)).returncode == 0
+        both = hwcaps_fs("mount", "--root", str(store), str(store), str(mnt))
+        assert (both.returncode, both.stderr.count("\n")) == (2, 1)
     finally:
         cleanup(mnt)
 
