@@ -1,6 +1,7 @@
 # hwcaps-fs: the two commands README.md promises (run as root on Debian 12), and the rest.
 #   make demo   build a real variant store, show the level this CPU gets, mount it, run it
 #   make test   ruff, mypy and the test suite (real FUSE mounts, real gcc variants)
+#   make quick  the tests that need no mount (seconds)
 # Both install what they need (apt packages, a virtualenv) and can be run again at will.
 
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ DEMO ?= /var/tmp/hwcaps-fs-demo
 LEVELS := x86-64 x86-64-v2 x86-64-v3 x86-64-v4
 DEMO_CFLAGS := -O3 -ffast-math -mneeded
 
-.PHONY: deps apt venv demo demo-store test lint unit clean bench soak
+.PHONY: deps apt venv demo demo-store test lint unit quick clean bench soak
 
 deps: apt venv
 
@@ -77,6 +78,10 @@ lint: venv
 unit: venv
 	$(BIN)/python -m pytest -q
 
+# The tests that need no FUSE mount (pytest marker `mount`, see tests/conftest.py): seconds.
+quick: venv
+	$(BIN)/python -m pytest -q -m 'not mount'
+
 test: deps lint unit
 
 clean:
@@ -85,13 +90,13 @@ clean:
 
 # Benchmarks: write bench/results.md, and the summary of it that README.md quotes.
 bench: deps
-	$(BIN)/python bench/run.py --out bench/results.md --readme README.md
+	$(BIN)/python -m bench.run --out bench/results.md --readme README.md
 
 # Soak (issue 7): SOAK_SECONDS of parallel execs through a mount while its store is churned;
 # writes bench/soak-results.md, which docs/testing.md quotes between its soak markers.
 SOAK_SECONDS ?= 600
 soak: deps
-	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --out bench/soak-results.md \
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS) --out bench/soak-results.md \
 	    --doc docs/testing.md
 
 # ---- install, uninstall, boot-test (mount-helpers/, systemd-units/, tests/boot/) -----------------

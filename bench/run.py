@@ -1,6 +1,6 @@
 """hwcaps-fs benchmarks: every figure is a ratio against the same work done directly, in one run.
 
-    make bench          (= .venv/bin/python bench/run.py --out bench/results.md)
+    make bench          (= .venv/bin/python -m bench.run --out bench/results.md)
 
 Exec latency is measured with bench/execbench.c (posix_spawn + waitpid), interleaved: R rounds,
 each running every configuration for N spawns in turn, so that whatever else the machine does
@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from tests.mounting import daemon_pids
 
 HERE = Path(__file__).resolve().parent
 HWCAPS_FS = [sys.executable, "-m", "hwcaps_fs"]
@@ -93,20 +95,6 @@ def floor_mounted(program: Path, mountpoint: Path) -> Iterator[Path]:
     finally:
         subprocess.run(["umount", str(mountpoint)], capture_output=True)
         daemon.wait(timeout=10)
-
-
-def daemon_pid(mountpoint: Path) -> int | None:
-    """The hwcaps-fs daemon serving ``mountpoint`` (its command line names it)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"hwcaps_fs" in b" ".join(cmdline) and str(mountpoint).encode() in cmdline:
-            return int(entry.name)
-    return None
 
 
 def rss_mb(pid: int) -> float:
@@ -380,8 +368,8 @@ def bench_scale(b: Bench, programs: dict[str, Path]) -> None:
         make_store(store, programs, extra_names=names - len(programs))
         mnt = b.work / f"m-{names}"
         with mounted(store, mnt) as ready:
-            pid = daemon_pid(mnt)
-            rss = rss_mb(pid) if pid else float("nan")
+            pids = daemon_pids(mnt)
+            rss = rss_mb(pids[0]) if pids else float("nan")
         rows.append([f"{names:,}", f"{ready:.2f}", f"{rss:.1f}"])
         shutil.rmtree(store)
     b.emit("## Mount-ready time and daemon memory")

@@ -1,6 +1,6 @@
 """hwcaps-fs soak: parallel execs through a mount while its store is churned under it.
 
-    make soak   (= .venv/bin/python bench/soak.py --seconds $(SOAK_SECONDS) --out ...)
+    make soak   (= .venv/bin/python -m bench.soak --seconds $(SOAK_SECONDS) --out ...)
 
 What a package manager does to a live store, at a steady rate for as long as asked: variants
 replaced by a rename over the old file (a new *generation* of the program), names added and
@@ -50,10 +50,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from run import HWCAPS_FS, Stats, gcc, quote_in_readme, rss_mb, wait_mounted
-
-from hwcaps_fs.cpu import DetectOptions, detect
-from hwcaps_fs.levels import Architecture
+from bench.run import HWCAPS_FS, Stats, gcc, quote_in_readme, rss_mb, wait_mounted
+from hwcaps_fs.core.levels import Architecture
+from hwcaps_fs.detect.cpu import DetectOptions, detect
+from tests.mounting import stop
 
 HERE = Path(__file__).resolve().parent
 
@@ -379,13 +379,7 @@ def serving(root: Path, mountpoint: Path, log: Path) -> Iterator[subprocess.Pope
             raise RuntimeError(f"{exc}: {log.read_text(errors='replace')}") from None
         yield daemon
     finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=DEADLINE)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(timeout=DEADLINE)
+        stop(daemon, DEADLINE)
         if os.path.ismount(mountpoint):
             subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
 
@@ -527,7 +521,7 @@ def report(outcome: Outcome) -> list[str]:
         "",
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
         f"{platform.machine()}, {os.cpu_count()} CPUs, kernel {platform.release()}, level "
-        f"served {outcome.level}. Command: `make soak` (`bench/soak.py --seconds "
+        f"served {outcome.level}. Command: `make soak` (`python -m bench.soak --seconds "
         f"{s.seconds:g}`). The machine is shared: load average (1, 5, 15 min) "
         f"{load0[0]:.2f}, {load0[1]:.2f}, {load0[2]:.2f} when the execs started and "
         f"{load1[0]:.2f}, {load1[1]:.2f}, {load1[2]:.2f} when they stopped.",

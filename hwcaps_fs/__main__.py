@@ -2,6 +2,6 @@
 
 import sys
 
-from hwcaps_fs.cli import main
+from hwcaps_fs.commands.cli import main
 
 sys.exit(main())

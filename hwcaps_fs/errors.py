@@ -42,3 +42,8 @@ class CommandNotFoundError(HwcapsFsError):
     """``hwcaps-fs run`` could not find the command to execute."""
 
     exit_code = 127
+
+
+def show(path: str) -> str:
+    """``path`` printable as UTF-8 (undecodable bytes as ``\\xNN``), for messages."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.cpu import DetectOptions, detect
+from hwcaps_fs.detect.cpu import DetectOptions, detect
 from tests.builders import gcc_available
 from tests.mounting import cleanup
 
@@ -26,6 +26,19 @@ def can_mount_fuse() -> str | None:
     except ImportError as exc:
         return f"pyfuse3 not importable: {exc}"
     return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``mount`` marker goes on exactly the tests that ask for ``fuse_ok`` (directly or
+    through another fixture), which skips them with a reason where mounting is impossible;
+    ``make quick`` runs the others. A test marked ``mount`` without it is a mistake."""
+    for item in items:
+        needs_fuse = "fuse_ok" in getattr(item, "fixturenames", ())
+        marked = item.get_closest_marker("mount") is not None
+        if marked and not needs_fuse:
+            raise pytest.UsageError(f"{item.nodeid}: marked mount but does not use fuse_ok")
+        if needs_fuse and not marked:
+            item.add_marker(pytest.mark.mount)
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +60,17 @@ def fuse_ok() -> None:
 def level() -> str:
     """The level this machine serves (the test programs print it)."""
     return detect(DetectOptions()).level
+
+
+@pytest.fixture
+def store_fd(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A one-script store (``bin/foo``) and a directory fd of it (no mount)."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/foo").write_text("#!/bin/sh\necho base\n")
+    (tmp_path / "bin/foo").chmod(0o755)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield tmp_path, fd
+    os.close(fd)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from hwcaps_fs.elf import (
+from hwcaps_fs.core.elf import (
     GNU_PROPERTY_X86_ISA_1_NEEDED,
     NT_GNU_PROPERTY_TYPE_0,
     PT_GNU_PROPERTY,

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hwcaps_fs.daemon import RUNTIME_DIR, mounts_at, runtime_name
+from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
+from hwcaps_fs.system.mountinfo import mounts_at
 
 #: Upper bound for a mount to become ready or a daemon to exit.
 DEADLINE = 15.0
@@ -134,6 +135,17 @@ def _wait_ready(sock: socket.socket, process: subprocess.Popen[bytes], log: Path
     raise AssertionError(f"no READY=1 within {DEADLINE} s:\n{log.read_text(errors='replace')}")
 
 
+def stop(process: subprocess.Popen[bytes], timeout: float = DEADLINE) -> None:
+    """End a foreground daemon: SIGTERM (it unmounts), SIGKILL if it will not go."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 @contextlib.contextmanager
 def mounted(root: Path, mountpoint: Path, *args: str, env: dict[str, str] | None = None,
             prefix: tuple[str, ...] = ()) -> Iterator[Mount]:
@@ -154,11 +166,5 @@ def mounted(root: Path, mountpoint: Path, *args: str, env: dict[str, str] | None
         yield Mount(mountpoint, process, log)
     finally:
         sock.close()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=DEADLINE)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=DEADLINE)
+        stop(process)
         cleanup(mountpoint)

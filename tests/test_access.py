@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwcaps_fs.access import PERMISSION_BITS, DirAccess, reachable_bits
+from hwcaps_fs.core.access import PERMISSION_BITS, DirAccess, reachable_bits
 
 PUBLIC = DirAccess(0, 0, stat.S_IFDIR | 0o755)
 ROOT_ONLY = DirAccess(0, 0, stat.S_IFDIR | 0o700)

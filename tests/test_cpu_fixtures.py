@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.cpu import Detection, DetectOptions, detect
-from hwcaps_fs.cpuinfo import first_block, infer_machine, parse_auxv
-from hwcaps_fs.levels import AT_HWCAP, AT_HWCAP2, PPC64LE, S390X
+from hwcaps_fs.core.levels import AT_HWCAP, AT_HWCAP2, PPC64LE, S390X
+from hwcaps_fs.detect.cpu import Detection, DetectOptions, detect
+from hwcaps_fs.detect.cpuinfo import first_block, infer_machine, parse_auxv
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cpuinfo"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.elf import (
+from hwcaps_fs.core.elf import (
     GNU_PROPERTY_X86_ISA_1_NEEDED,
     PT_GNU_PROPERTY,
     PT_NOTE,

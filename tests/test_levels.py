@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hwcaps_fs.levels import (
+from hwcaps_fs.core.levels import (
     ARCHITECTURES,
     X86_64,
     X86_KNOWN_VENDORS,
@@ -22,7 +22,7 @@ def test_x86_isa_bits_are_one_per_level_in_order() -> None:
 
 @pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: a.name)
 def test_feature_names_are_unique_per_architecture(arch: object) -> None:
-    from hwcaps_fs.levels import Architecture
+    from hwcaps_fs.core.levels import Architecture
 
     assert isinstance(arch, Architecture)
     names = [f.name for level in (arch.baseline, *arch.levels) for f in level.features]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.levels import X86_64
-from hwcaps_fs.lint import Finding, Severity, check
-from hwcaps_fs.resolve import Target
-from hwcaps_fs.store import scan
+from hwcaps_fs.commands.check import Finding, Severity, check
+from hwcaps_fs.core.levels import X86_64
+from hwcaps_fs.core.resolve import Target
+from hwcaps_fs.store.scan import scan
 from tests import elf_images as img
 from tests.builders import compile_level, install
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.cpu import Detection, DetectOptions, detect
-from hwcaps_fs.levels import X86_64
-from hwcaps_fs.loader_probe import parse_help, parse_list_diagnostics, tunable_masked_features
+from hwcaps_fs.core.levels import X86_64
+from hwcaps_fs.detect.cpu import Detection, DetectOptions, detect
+from hwcaps_fs.detect.loader import parse_help, parse_list_diagnostics, tunable_masked_features
 
 DIAGNOSTICS_2_36 = """\
 dl_dst_lib="lib"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.daemon import RUNTIME_DIR, runtime_name
+from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
 from tests.builders import compile_c, compile_level, install
 from tests.mounting import (
     DEADLINE,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.levels import X86_64
+from hwcaps_fs.core.levels import X86_64
 from tests import elf_images as img
 from tests.builders import compile_level, install, variant_store
 from tests.mounting import (

@@ -29,7 +29,8 @@ from typing import TypeVar
 
 import pytest
 
-from hwcaps_fs.daemon import RUNTIME_DIR, mounts_at, runtime_name
+from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
+from hwcaps_fs.system.mountinfo import mounts_at
 from tests.builders import compile_level, install, variant_store
 from tests.mounting import (
     DEADLINE,

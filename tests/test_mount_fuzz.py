@@ -19,7 +19,7 @@ highest, the first variant that is executable, built for a level this CPU runs a
 (not group/other-writable, everything here being root's), else the baseline if trusted. A
 symlink variant is judged by the file it ends at, inside the store (pool files never change:
 links whose targets change are the single-case tests at the end).
-The CPU's levels come from :func:`hwcaps_fs.cpu.detect`, never assumed.
+The CPU's levels come from :func:`hwcaps_fs.detect.cpu.detect`, never assumed.
 
 Programs are compiled once per ``-march`` with a placeholder string, and each build is that
 binary with its label patched over the placeholder: real ELF files with real ISA notes, at
@@ -47,8 +47,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from hwcaps_fs.cpu import DetectOptions, detect
-from hwcaps_fs.levels import X86_64
+from hwcaps_fs.core.levels import X86_64
+from hwcaps_fs.detect.cpu import DetectOptions, detect
 from tests.builders import compile_level
 from tests.mounting import mounted, wait_until
 
@@ -628,7 +628,7 @@ def test_mount_follows_random_changes(builds: Builds, active: tuple[str, ...],
                                       data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory(prefix="hwcaps-fs-fuzz-") as tmp:
         # Searchable by all, as the view shows a file's group and other bits only to those who
-        # could search every directory above it (hwcaps_fs.access).
+        # could search every directory above it (hwcaps_fs.core.access).
         os.chmod(tmp, 0o755)
         world = World(Path(tmp, "store"), Path(tmp, "staging"), builds)
         world.root.mkdir()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from hwcaps_fs.core.model import Layout
+from hwcaps_fs.core.mount_options import MountOptions, parse_mount_options
+from hwcaps_fs.core.view import Presentation
 from hwcaps_fs.errors import UsageError
-from hwcaps_fs.mount_options import MountOptions, parse_mount_options
-from hwcaps_fs.store import Layout
-from hwcaps_fs.view import Presentation
 
 
 def test_defaults_depend_on_root() -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.cpu import Detection, DetectOptions, detect
+from hwcaps_fs.core.levels import PPC64LE, X86_64
+from hwcaps_fs.detect.cpu import Detection, DetectOptions, detect
+from hwcaps_fs.detect.overrides import cmdline_level, parse_level_name
 from hwcaps_fs.errors import UsageError
-from hwcaps_fs.levels import PPC64LE, X86_64
-from hwcaps_fs.overrides import cmdline_level, parse_level_name
 
 HASWELL = str(Path(__file__).parent / "fixtures" / "cpuinfo" / "haswell-xeon-e5-2680v3")
 

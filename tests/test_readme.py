@@ -1,4 +1,4 @@
-"""README.md quotes only what ``make bench`` wrote: its summary is the one bench/run.py makes
+"""README.md quotes only what ``make bench`` wrote: its summary is the one bench.run makes
 from bench/results.md, and every headline of that summary is found in the results."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench import run as bench
+
 TOP = Path(__file__).resolve().parents[1]
-BENCH = TOP / "bench" / "run.py"
 START, END = "<!-- bench results: start -->", "<!-- bench results: end -->"
 
 
@@ -21,19 +22,15 @@ def quoted(readme: Path) -> str:
 def test_readme_quotes_the_summary_of_bench_results(tmp_path: Path) -> None:
     copy = tmp_path / "README.md"
     shutil.copy(TOP / "README.md", copy)
-    subprocess.run([sys.executable, str(BENCH), "--summarize", "--out",
-                    str(TOP / "bench" / "results.md"), "--readme", str(copy)], check=True)
+    subprocess.run([sys.executable, "-m", "bench.run", "--summarize", "--out",
+                    str(TOP / "bench" / "results.md"), "--readme", str(copy)], check=True,
+                   cwd=TOP)
     summary = quoted(copy)
     assert summary == quoted(TOP / "README.md"), "README.md's figures differ from bench/results.md"
     assert "[bench/results.md](bench/results.md)" in summary
 
 
 def test_every_headline_is_in_the_results() -> None:
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        import run as bench  # bench/ is a directory of scripts, not a package
-    finally:
-        sys.path.remove(str(BENCH.parent))
     lines = (TOP / "bench" / "results.md").read_text().splitlines()
     rows = [line for line in bench.summary(lines) if line.startswith("| ")]
     measures = [row.split(" | ")[0].removeprefix("| ") for row in rows[1:]]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.levels import X86_64
-from hwcaps_fs.resolve import (
+from hwcaps_fs.core.levels import X86_64
+from hwcaps_fs.core.resolve import (
     Resolution,
     Target,
     cumulative_isa_bits,
@@ -19,7 +19,7 @@ from hwcaps_fs.resolve import (
     resolve,
     resolve_store,
 )
-from hwcaps_fs.store import scan
+from hwcaps_fs.store.scan import scan
 from tests import elf_images as img
 from tests.builders import compile_level, install, variant_store
 

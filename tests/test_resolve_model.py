@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwcaps_fs.levels import X86_64
-from hwcaps_fs.resolve import Target, cumulative_isa_bits, resolve_store
-from hwcaps_fs.store import scan
+from hwcaps_fs.core.levels import X86_64
+from hwcaps_fs.core.resolve import Target, cumulative_isa_bits, resolve_store
+from hwcaps_fs.store.scan import scan
 from tests import elf_images as img
 
 TREES: tuple[str | None, ...] = (None, *X86_64.level_names)

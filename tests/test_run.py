@@ -1,8 +1,8 @@
 """``hwcaps-fs run``: mount, then exec CMD. Real variant programs, real mounts, real namespaces.
 
 Every test runs the command line in a subprocess and waits for its stdio to close: the keeper
-(see hwcaps_fs.run) holds stderr until it has removed the view and reaped the daemon, so when
-``communicate`` returns nothing of the run may be left. The ``area`` fixture kills and
+(see hwcaps_fs.commands.run) holds stderr until it has removed the view and reaped the daemon,
+so when ``communicate`` returns nothing of the run may be left. The ``area`` fixture kills and
 detaches whatever a failing test leaves behind.
 """
 
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.daemon import parse_mountinfo
-from hwcaps_fs.levels import architecture_named
-from hwcaps_fs.resolve import Target, resolve_store
-from hwcaps_fs.store import scan
-from hwcaps_fs.symlink_view import SymlinkView, plan_symlink_view, write_symlink_view
+from hwcaps_fs.commands.symlink_view import SymlinkView, plan_symlink_view, write_symlink_view
+from hwcaps_fs.core.levels import architecture_named
+from hwcaps_fs.core.resolve import Target, resolve_store
+from hwcaps_fs.store.scan import scan
+from hwcaps_fs.system.mountinfo import parse_mountinfo
 from tests.builders import compile_level, install
 from tests.mounting import DEADLINE, ENVIRONMENT
 

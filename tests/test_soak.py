@@ -1,8 +1,8 @@
 """The soak of bench/soak.py, short: parallel execs through a real mount while the store is
 churned, with no failed, wrong-level or stale exec, and nothing left behind.
 
-bench/ is a directory of scripts (they import each other as top-level modules), so the soak
-runs as the script ``make soak`` runs, in a subprocess.
+The soak runs as ``make soak`` runs it (``python -m bench.soak`` from the repository root), in a
+subprocess.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from tests.mounting import DEADLINE, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.mount]
 
-SOAK = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def soak_command(tmp_path: Path, seconds: int) -> list[str]:
     if not gcc_available():
         pytest.skip("gcc is not installed: cannot build the soak's programs")
-    return [sys.executable, str(SOAK), "--seconds", str(seconds), "--tmp", str(tmp_path),
+    return [sys.executable, "-m", "bench.soak", "--seconds", str(seconds), "--tmp", str(tmp_path),
             "--out", str(tmp_path / "results.md")]
 
 
@@ -38,7 +38,7 @@ def mounts_under(path: Path) -> list[str]:
 
 def test_soak_has_no_failed_wrong_level_or_stale_exec(fuse_ok: None, tmp_path: Path) -> None:
     result = subprocess.run(soak_command(tmp_path, 15), capture_output=True, text=True,
-                            timeout=300, check=False)
+                            timeout=300, check=False, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     results = (tmp_path / "results.md").read_text()
     assert "| failed execs (name present throughout) | 0 |" in results
@@ -50,7 +50,7 @@ def test_soak_has_no_failed_wrong_level_or_stale_exec(fuse_ok: None, tmp_path: P
 
 
 def test_soak_interrupted_leaves_nothing_behind(fuse_ok: None, tmp_path: Path) -> None:
-    soak = subprocess.Popen(soak_command(tmp_path, 600), stdout=subprocess.DEVNULL,
+    soak = subprocess.Popen(soak_command(tmp_path, 600), stdout=subprocess.DEVNULL, cwd=REPO,
                             stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: bool(mounts_under(tmp_path)), 120, "the soak's mount")

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from hwcaps_fs.core.levels import X86_64
+from hwcaps_fs.core.model import Layout, Store, locate
 from hwcaps_fs.errors import PathError
-from hwcaps_fs.levels import X86_64
-from hwcaps_fs.store import (
-    Layout,
-    Store,
+from hwcaps_fs.store.scan import (
     detect_layout,
-    locate,
     rescan_dir,
     rescan_path,
     scan,

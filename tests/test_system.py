@@ -1,19 +1,17 @@
-"""The daemon's pure parts and its checks before mounting (no mount needed)."""
+"""The mount table, bind-mount names and the checks before mounting (no mount needed)."""
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
-import pyfuse3
 import pytest
-import trio
 
-from hwcaps_fs.cpu import DetectOptions
-from hwcaps_fs.daemon import MountConfig, MountEntry, parse_mountinfo, plan, runtime_name
+from hwcaps_fs.core.mount_options import MountOptions
+from hwcaps_fs.detect.cpu import DetectOptions
 from hwcaps_fs.errors import PathError
-from hwcaps_fs.fs import guarded
-from hwcaps_fs.mount_options import MountOptions
+from hwcaps_fs.system.bindmount import runtime_name
+from hwcaps_fs.system.mountinfo import MountEntry, parse_mountinfo
+from hwcaps_fs.system.preflight import MountConfig, check_paths
 
 MOUNTINFO = """\
 22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
@@ -43,7 +41,7 @@ def config(root: Path, mountpoint: Path) -> MountConfig:
                        DetectOptions(), None, foreground=True)
 
 
-def test_plan_refuses_missing_or_odd_paths(tmp_path: Path) -> None:
+def test_check_paths_refuses_missing_or_odd_paths(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     (tmp_path / "store/sub").mkdir(parents=True)
     cases = {
@@ -54,23 +52,12 @@ def test_plan_refuses_missing_or_odd_paths(tmp_path: Path) -> None:
     }
     for (root, mountpoint), message in cases.items():
         with pytest.raises(PathError, match=message):
-            plan(config(root, mountpoint))
+            check_paths(config(root, mountpoint))
 
 
-def test_plan_tells_in_place_from_dedicated(tmp_path: Path) -> None:
+def test_check_paths_tells_in_place_from_dedicated(tmp_path: Path) -> None:
     (tmp_path / "store").mkdir()
     (tmp_path / "mnt").mkdir()
-    assert plan(config(tmp_path / "store", tmp_path / "store")).in_place
-    assert plan(config(tmp_path / "store", tmp_path)).in_place
-    assert not plan(config(tmp_path / "store", tmp_path / "mnt")).in_place
-
-
-def test_a_crashing_handler_answers_eio() -> None:
-    @guarded
-    async def handler(value: int) -> int:
-        return 1 // value
-
-    assert trio.run(handler, 1) == 1
-    with pytest.raises(pyfuse3.FUSEError) as caught:
-        trio.run(handler, 0)
-    assert caught.value.errno == errno.EIO
+    assert check_paths(config(tmp_path / "store", tmp_path / "store")).in_place
+    assert check_paths(config(tmp_path / "store", tmp_path)).in_place
+    assert not check_paths(config(tmp_path / "store", tmp_path / "mnt")).in_place

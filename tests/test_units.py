@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.daemon import RUNTIME_DIR, runtime_name
+from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
 from tests.builders import variant_store
 
 REPO = Path(__file__).resolve().parent.parent

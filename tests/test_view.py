@@ -6,10 +6,10 @@ import dataclasses
 import stat
 from collections.abc import Mapping
 
-from hwcaps_fs.levels import architecture_named
-from hwcaps_fs.resolve import Resolution
-from hwcaps_fs.store import Candidate, DirInfo, Layout, Store
-from hwcaps_fs.view import (
+from hwcaps_fs.core.levels import architecture_named
+from hwcaps_fs.core.model import Candidate, DirInfo, Layout, Store
+from hwcaps_fs.core.resolve import Resolution
+from hwcaps_fs.core.view import (
     ROOT_INODE,
     XATTR_LEVEL,
     XATTR_SOURCE,
@@ -34,7 +34,8 @@ def candidate(level: str | None, relpath: str, *, ino: int = 100, mode: int = 0o
 
 
 def directory(relpath: str, mtime_ns: int = 10) -> DirInfo:
-    return DirInfo(relpath, stat.S_IFDIR | 0o755, 0, 0, 1, 1, 5, mtime_ns, mtime_ns)
+    return DirInfo(path=relpath, mode=stat.S_IFDIR | 0o755, uid=0, gid=0, size=4096, nlink=2,
+                   ino=1, dev=1, atime_ns=5, mtime_ns=mtime_ns, ctime_ns=mtime_ns)
 
 
 def store_of(*dirs: str) -> Store:

@@ -1,20 +1,17 @@
-"""Following the store: inotify event decoding, mapping changes to rescans, real watches, and
-backing files that survive a rename over (no mount needed)."""
+"""Following the store: inotify event decoding, mapping changes to rescans, real watches (no
+mount needed)."""
 
 from __future__ import annotations
 
-import os
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import trio
 
-from hwcaps_fs.backing import BackingFiles, ReplacedError, open_beneath
-from hwcaps_fs.levels import architecture_named
-from hwcaps_fs.store import Layout, scan_fd
-from hwcaps_fs.watch import (
+from hwcaps_fs.core.levels import architecture_named
+from hwcaps_fs.core.model import Layout
+from hwcaps_fs.store.scan import scan_fd
+from hwcaps_fs.store.watch import (
     IN_CREATE,
     IN_DELETE_SELF,
     IN_ISDIR,
@@ -55,16 +52,6 @@ def test_changes_of_maps_descriptors_to_root_relative_paths() -> None:
     assert changes_of([Event(-1, IN_Q_OVERFLOW, 0, "")], directories).overflow
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin/foo").write_text("#!/bin/sh\necho base\n")
-    (tmp_path / "bin/foo").chmod(0o755)
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    yield tmp_path, fd
-    os.close(fd)
-
-
 def add_variant(root: Path, level: str, relpath: str) -> Path:
     path = root / "glibc-hwcaps" / level / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +60,8 @@ def add_variant(root: Path, level: str, relpath: str) -> Path:
     return path
 
 
-def test_apply_changes_rescans_what_changed(root: tuple[Path, int]) -> None:
-    path, fd = root
+def test_apply_changes_rescans_what_changed(store_fd: tuple[Path, int]) -> None:
+    path, fd = store_fd
     store = scan_fd(fd, str(path), X86, Layout.GLIBC)
     add_variant(path, "x86-64-v2", "bin/foo")
     changed = Changes(frozenset({Change("glibc-hwcaps/x86-64-v2/bin/foo", False)}))
@@ -92,8 +79,8 @@ def test_apply_changes_rescans_what_changed(root: tuple[Path, int]) -> None:
 
 
 def test_watcher_reports_changes_in_new_and_variant_directories(
-        root: tuple[Path, int]) -> None:
-    path, fd = root
+        store_fd: tuple[Path, int]) -> None:
+    path, fd = store_fd
 
     async def scenario() -> list[Changes]:
         watcher = Watcher(fd)
@@ -116,29 +103,3 @@ def test_watcher_reports_changes_in_new_and_variant_directories(
     first, second = trio.run(scenario)
     assert Change("glibc-hwcaps", True) in first.changes
     assert Change("glibc-hwcaps/x86-64-v3/bin/foo", False) in second.changes
-
-
-def test_backing_keeps_the_old_file_after_a_rename_over(root: tuple[Path, int]) -> None:
-    path, fd = root
-    store = scan_fd(fd, str(path), X86, Layout.GLIBC)
-    old = store.files["bin/foo"][None]
-    backing = BackingFiles(fd)
-    try:
-        assert backing.pread(7, old, 0, 11) == b"#!/bin/sh\ne"
-        replacement = path / "bin/.foo.new"
-        replacement.write_text("#!/bin/sh\necho new\n")
-        replacement.rename(path / "bin/foo")
-        assert backing.pread(7, old, 10, 9) == b"echo base"
-        backing.discard([7])
-        with pytest.raises(ReplacedError):
-            backing.pread(7, old, 0, 1)
-    finally:
-        backing.close()
-
-
-def test_open_beneath_refuses_symlinks_and_dotdot(root: tuple[Path, int]) -> None:
-    path, fd = root
-    (path / "link").symlink_to("bin")
-    for bad in ("link/foo", "../etc/passwd", "bin/../bin/foo"):
-        with pytest.raises(OSError):
-            os.close(open_beneath(fd, bad))

@@ -1,6 +1,6 @@
 """``hwcaps-fs check``: what a packager should fix in a store, independent of this machine's CPU.
 
-Resolution (:mod:`hwcaps_fs.resolve`) quietly skips what it cannot serve; this module says so
+Resolution (:mod:`hwcaps_fs.core.resolve`) quietly skips what it cannot serve; this module says so
 loudly, and also flags what works here but will break elsewhere: a variant without a baseline
 vanishes on older CPUs, and a binary whose ISA note asks for more than its directory's level
 is skipped (or, without hwcaps-fs, fails with "CPU ISA level is lower than required") on
@@ -17,8 +17,9 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from hwcaps_fs.levels import Architecture
-from hwcaps_fs.resolve import (
+from hwcaps_fs.core.levels import Architecture
+from hwcaps_fs.core.model import Candidate, Store
+from hwcaps_fs.core.resolve import (
     Target,
     cumulative_isa_bits,
     isa_level_name,
@@ -26,7 +27,7 @@ from hwcaps_fs.resolve import (
     machine_problem,
     trust_problem,
 )
-from hwcaps_fs.store import Candidate, Store, show
+from hwcaps_fs.errors import show
 
 
 class Severity(enum.Enum):

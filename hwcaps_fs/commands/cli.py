@@ -14,12 +14,13 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from hwcaps_fs import report
-from hwcaps_fs.cpu import Detection, DetectOptions, detect
+from hwcaps_fs.commands import report
+from hwcaps_fs.commands.check import Severity, check
+from hwcaps_fs.core.model import Layout, Store
+from hwcaps_fs.core.resolve import resolve
+from hwcaps_fs.detect.cpu import Detection, DetectOptions, detect
 from hwcaps_fs.errors import HwcapsFsError, UsageError
-from hwcaps_fs.lint import Severity, check
-from hwcaps_fs.resolve import resolve
-from hwcaps_fs.store import Layout, Store, scan
+from hwcaps_fs.store.scan import scan
 
 #: Exit status for a bug (sysexits EX_SOFTWARE), so it is never mistaken for a user error.
 EXIT_INTERNAL = 70
@@ -163,8 +164,9 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_mount(args: argparse.Namespace) -> int:
-    from hwcaps_fs.daemon import MountConfig, mount
-    from hwcaps_fs.mount_options import parse_mount_options
+    from hwcaps_fs.commands.mount import mount
+    from hwcaps_fs.core.mount_options import parse_mount_options
+    from hwcaps_fs.system.preflight import MountConfig
 
     options = parse_mount_options(args.options, is_root=os.geteuid() == 0)
     root, mountpoint = _root_and_mountpoint(args.root, args.paths)
@@ -191,15 +193,15 @@ def _root_and_mountpoint(root: str | None, paths: list[str]) -> tuple[str, str]:
 
 
 def _run_umount(args: argparse.Namespace) -> int:
-    from hwcaps_fs.daemon import unmount
+    from hwcaps_fs.commands.mount import unmount
 
     unmount(args.mountpoint)
     return 0
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from hwcaps_fs.mount_options import parse_mount_options
-    from hwcaps_fs.run import RunConfig, run
+    from hwcaps_fs.commands.run import RunConfig, run
+    from hwcaps_fs.core.mount_options import parse_mount_options
 
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:

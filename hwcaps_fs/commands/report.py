@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from hwcaps_fs.cpu import Detection
-from hwcaps_fs.lint import Finding, Severity
-from hwcaps_fs.resolve import Resolution
-from hwcaps_fs.store import Candidate, Store
+from hwcaps_fs.commands.check import Finding, Severity
+from hwcaps_fs.core.model import Candidate, Store
+from hwcaps_fs.core.resolve import Resolution
+from hwcaps_fs.detect.cpu import Detection
 
 
 @dataclass

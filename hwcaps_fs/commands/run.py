@@ -9,7 +9,7 @@ The processes::
 
     hwcaps-fs run ──exec──> CMD                 same pid: signals and exit status are CMD's
         └── keeper          own session, child subreaper, SIGTERM when CMD ends
-              └── daemon    hwcaps_fs.daemon (double-forked, so adopted by the keeper)
+              └── daemon    hwcaps_fs.commands.mount (double-forked, so adopted by the keeper)
 
 Why a keeper: once CMD has replaced us nothing of hwcaps-fs is left to remove the view when
 CMD ends, and the daemon would not end by itself, because it sits in the mount namespace it
@@ -29,27 +29,28 @@ PID namespace. No ``--init`` is needed on hwcaps-fs's account.
 The mounts are made in a private mount namespace when one can be had (``unshare``: as root,
 or inside a new user namespace for other users), so nothing leaks to the host and nothing is
 left behind even if everything is killed. Without FUSE (no /dev/fuse, no CAP_SYS_ADMIN, a
-seccomp filter), the view for this CPU is written out as symlinks (:mod:`hwcaps_fs.symlink_view`)
-on a tmpfs over DIR when the namespace is private, else into DIR if it is empty; one line on
-stderr says so, and CMD runs all the same.
+seccomp filter), the view for this CPU is written out as symlinks
+(:mod:`hwcaps_fs.commands.symlink_view`) on a tmpfs over DIR when the namespace is private, else
+into DIR if it is empty; one line on stderr says so, and CMD runs all the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from hwcaps_fs import namespaces
-from hwcaps_fs.cpu import DetectOptions, detect
+from hwcaps_fs.commands.symlink_view import plan_symlink_view, write_symlink_view
+from hwcaps_fs.core.model import Layout
+from hwcaps_fs.core.mount_options import MountOptions
+from hwcaps_fs.core.resolve import resolve_store
+from hwcaps_fs.detect.cpu import DetectOptions, detect
 from hwcaps_fs.errors import (
     CommandNotFoundError,
     HwcapsFsError,
@@ -57,11 +58,10 @@ from hwcaps_fs.errors import (
     PathError,
     UsageError,
 )
-from hwcaps_fs.mount_options import MountOptions
-from hwcaps_fs.namespaces import Isolation
-from hwcaps_fs.resolve import resolve_store
-from hwcaps_fs.store import Layout, scan
-from hwcaps_fs.symlink_view import plan_symlink_view, write_symlink_view
+from hwcaps_fs.store.scan import scan
+from hwcaps_fs.system import handshake, namespaces
+from hwcaps_fs.system.namespaces import Isolation
+from hwcaps_fs.system.preflight import MountConfig
 
 #: Set for CMD to the view's directory when no ``--mountpoint`` was given (it has no other
 #: way to know where the private directory is). Nothing else in CMD's environment changes.
@@ -81,8 +81,6 @@ POLL_SECONDS = 0.02
 
 #: Signals Python ignores for itself; an ignored disposition survives exec, CMD gets defaults.
 PYTHON_IGNORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
-
-_LENGTH = struct.Struct("!I")
 
 
 class CommandNotExecutableError(HwcapsFsError):
@@ -149,33 +147,13 @@ def _start_keeper(config: RunConfig, isolation: Isolation) -> str:
         os.close(report)
         _keeper(config, isolation, parent, child_report)
     os.close(child_report)
-    try:
-        outcome = _read_report(report)
-    finally:
-        os.close(report)
+    outcome = handshake.receive(report)
     if isinstance(outcome, str):
         return outcome
     os.waitpid(pid, 0)
+    if outcome is None:
+        raise MountError("run: the view could not be prepared (the helper process died)")
     raise outcome
-
-
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-def _read_report(fd: int) -> str | BaseException:
-    header = _read_exactly(fd, _LENGTH.size)
-    payload = header and _read_exactly(fd, _LENGTH.unpack(header)[0])
-    if not payload:
-        return MountError("run: the view could not be prepared (the helper process died)")
-    outcome: str | BaseException = pickle.loads(payload)
-    return outcome
 
 
 # -- the keeper --------------------------------------------------------------------------
@@ -195,14 +173,14 @@ def _keeper(config: RunConfig, isolation: Isolation, parent: int, report: int) -
                 outcome = _prepare_view(config, isolation, cleanup)
             except BaseException as error:
                 outcome = error
-            _report(report, outcome)
+            handshake.send(report, outcome)
             reported = True
             if isinstance(outcome, str):
                 _wait_for_parent(parent)
     except BaseException as error:
         if not reported:
             with contextlib.suppress(OSError):
-                _report(report, error)
+                handshake.send(report, error)
         else:
             print(f"hwcaps-fs: run: removing the view: {error}", file=sys.stderr, flush=True)
         os._exit(1)
@@ -215,21 +193,6 @@ def _quiet_stdio() -> None:
     for fd in (0, 1):
         os.dup2(null, fd)
     os.close(null)
-
-
-def _report(fd: int, outcome: str | BaseException) -> None:
-    try:
-        payload = pickle.dumps(outcome)
-    except Exception:
-        payload = pickle.dumps(MountError(f"run: {type(outcome).__name__}: {outcome}"))
-    data = _LENGTH.pack(len(payload)) + payload
-    try:
-        while data:
-            data = data[os.write(fd, data):]
-    except BrokenPipeError:
-        pass  # the parent is gone: _wait_for_parent sees it and cleans up
-    finally:
-        os.close(fd)
 
 
 def _wait_for_parent(parent: int) -> None:
@@ -295,7 +258,7 @@ def _directory(mountpoint: str | None, cleanup: contextlib.ExitStack) -> str:
 
 
 def _mount_fuse(config: RunConfig, top: str, cleanup: contextlib.ExitStack) -> None:
-    from hwcaps_fs.daemon import MountConfig, mount
+    from hwcaps_fs.commands.mount import mount
 
     cleanup.callback(_end_children)  # also reaps a daemon that failed to mount
     mount(MountConfig(root=config.root, mountpoint=top, options=config.mount_options,

@@ -16,8 +16,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hwcaps_fs.resolve import Resolution
-from hwcaps_fs.store import Store
+from hwcaps_fs.core.model import Store
+from hwcaps_fs.core.resolve import Resolution
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class SymlinkView:
     """``dirs``: the view's directories relative to its top (parents first, the top itself
     left out); ``links``: each served relative path and the path, relative to ROOT, of the
     file it serves; ``verbatim``: relative paths and targets of the baseline symlinks,
-    recreated exactly (see :attr:`~hwcaps_fs.store.Candidate.verbatim_link`)."""
+    recreated exactly (see :attr:`~hwcaps_fs.core.model.Candidate.verbatim_link`)."""
 
     dirs: tuple[str, ...]
     links: tuple[tuple[str, str], ...]

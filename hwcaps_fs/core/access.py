@@ -47,6 +47,11 @@ class DirAccess:
     mode: int
 
 
+#: What a directory that cannot be stat'ed counts as: nobody's, writable by others, searchable
+#: by no one (so nothing below it is trusted or shown as reachable by anyone but root).
+UNKNOWN_DIR = DirAccess(uid=-1, gid=-1, mode=stat.S_IFDIR | stat.S_IWOTH)
+
+
 def classes_in(directory: DirAccess, who: Class, uid: int, gid: int) -> frozenset[Class]:
     """The classes of ``directory`` that a member of class ``who`` of a file owned by
     ``uid:gid`` may fall into. An empty set means unconstrained (root).
@@ -85,3 +90,13 @@ def reachable_bits(uid: int, gid: int, directories: Iterable[DirAccess]) -> int:
                                         for where in classes_in(directory, who, uid, gid)):
                 kept &= ~who.value
     return kept
+
+
+def writable_by_others(uid: int, mode: int) -> bool:
+    """Whether someone other than root may replace what a file or directory holds: it is not
+    root's, or it is group/other-writable (for a directory, unless sticky)."""
+    if uid != 0:
+        return True
+    if stat.S_ISDIR(mode) and mode & stat.S_ISVTX:
+        return False
+    return bool(mode & (stat.S_IWGRP | stat.S_IWOTH))

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from hwcaps_fs.core.model import Layout
+from hwcaps_fs.core.view import Presentation
 from hwcaps_fs.errors import UsageError
-from hwcaps_fs.store import Layout
-from hwcaps_fs.view import Presentation
 
 #: Words mount(8), mount.fuse3, fstab and systemd pass along that mean nothing to a read-only,
 #: nosuid, nodev FUSE view; accepted and ignored.

@@ -10,7 +10,7 @@ skipped here, so the next one down runs instead of an error. Every refusal carri
 reason, because ``hwcaps-fs which`` shows them to explain the choice.
 
 The checks are a table of small functions (:data:`REFUSALS`), each returning a reason or None,
-so that ``check`` (:mod:`hwcaps_fs.lint`) can reuse the same wording.
+so that ``check`` (:mod:`hwcaps_fs.commands.check`) can reuse the same wording.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from hwcaps_fs.elf import ElfFacts, machine_name
-from hwcaps_fs.levels import Architecture
-from hwcaps_fs.store import Candidate, Store, show, writable_by_others
+from hwcaps_fs.core.access import writable_by_others
+from hwcaps_fs.core.elf import ElfFacts, machine_name
+from hwcaps_fs.core.levels import Architecture
+from hwcaps_fs.core.model import Candidate, Store
+from hwcaps_fs.errors import show
 
 
 @dataclass(frozen=True)

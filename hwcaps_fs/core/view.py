@@ -1,9 +1,10 @@
 """The merged view as plain data: inodes, directory listings and attributes, all prebuilt.
 
-The FUSE layer (:mod:`hwcaps_fs.fs`) answers every request with a dictionary lookup into a
-:class:`View`, so everything a request could ask is computed here, once per (re)scan, from the
-scanned :class:`~hwcaps_fs.store.Store` and the resolutions. Nothing here does I/O or knows
-about pyfuse3, so the whole shape of the mount is testable without mounting.
+The FUSE layer (:mod:`hwcaps_fs.fuse.operations`) answers every request with a dictionary
+lookup into a :class:`View`, so everything a request could ask is computed here, once per
+(re)scan, from the scanned :class:`~hwcaps_fs.core.model.Store` and the resolutions. Nothing
+here does I/O or knows about pyfuse3, so the whole shape of the mount is testable without
+mounting.
 
 Inode numbers are what makes long kernel caches safe. Each number stands for one *version*
 of an entry: a file's number is keyed on the relative path, the candidate served and that
@@ -24,8 +25,8 @@ import stat
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
-from hwcaps_fs.resolve import Resolution
-from hwcaps_fs.store import Candidate, DirInfo, Store
+from hwcaps_fs.core.model import Candidate, DirInfo, Store
+from hwcaps_fs.core.resolve import Resolution
 
 #: The inode number of the view's root directory (FUSE's FUSE_ROOT_ID).
 ROOT_INODE = 1

@@ -6,7 +6,7 @@ Order (see README "How the level is chosen"):
    above the hardware unless forced (``--force-level``);
 2. the system's dynamic loader (``ld.so --list-diagnostics``, else ``ld.so --help``), which
    knows what /proc/cpuinfo cannot show (XCR0, vendor quirks, GLIBC_TUNABLES masking);
-3. ``/proc/cpuinfo`` and ``/proc/self/auxv`` with the tables of :mod:`hwcaps_fs.levels`,
+3. ``/proc/cpuinfo`` and ``/proc/self/auxv`` with the tables of :mod:`hwcaps_fs.core.levels`,
    cross-checked with archspec. A given ``--cpuinfo``/``--auxv`` skips the loader: it
    describes another machine (or the same one, to check the tables).
 
@@ -22,19 +22,25 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from hwcaps_fs.cpuinfo import Evaluation, evaluate, first_block, infer_machine, parse_auxv
-from hwcaps_fs.levels import (
+from hwcaps_fs.core.levels import (
     Architecture,
     Feature,
     UnknownArchitectureError,
     architecture_for_machine,
     baseline_only_architecture,
 )
-from hwcaps_fs.loader_probe import LoaderReport, probe_loader, tunable_masked_features
-from hwcaps_fs.microarch import archspec_view
-from hwcaps_fs.overrides import Override, parse_level_name, read_overrides
-from hwcaps_fs.resolve import Target
-from hwcaps_fs.step import Step as Step
+from hwcaps_fs.core.resolve import Target
+from hwcaps_fs.detect.cpuinfo import (
+    Evaluation,
+    Step,
+    evaluate,
+    first_block,
+    infer_machine,
+    parse_auxv,
+)
+from hwcaps_fs.detect.loader import LoaderReport, probe_loader, tunable_masked_features
+from hwcaps_fs.detect.microarch import archspec_view
+from hwcaps_fs.detect.overrides import Override, parse_level_name, read_overrides
 
 LIVE_CPUINFO = "/proc/cpuinfo"
 LIVE_AUXV = "/proc/self/auxv"

@@ -4,7 +4,7 @@ This is the route for a machine without a glibc loader to ask, and for diagnosin
 machine from a copy of its ``/proc/cpuinfo`` (``--cpuinfo``/``--auxv``). glibc itself never
 reads /proc/cpuinfo: it uses CPUID/XGETBV on x86, AT_HWCAP2 on powerpc64le and AT_HWCAP (plus
 STFLE) on s390x. The kernel prints the same bits under other names, which the tables in
-:mod:`hwcaps_fs.levels` translate; what the text cannot show (XCR0 state, the caller's
+:mod:`hwcaps_fs.core.levels` translate; what the text cannot show (XCR0 state, the caller's
 GLIBC_TUNABLES) is why the loader is asked first on a live system.
 
 Everything here is pure: text and bytes in, an :class:`Evaluation` out. Garbage in gives the
@@ -18,7 +18,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hwcaps_fs.levels import (
+from hwcaps_fs.core.levels import (
     AT_HWCAP2,
     POWER_GENERATION_LEVELS,
     X86_64,
@@ -27,7 +27,6 @@ from hwcaps_fs.levels import (
     Architecture,
     Feature,
 )
-from hwcaps_fs.step import Step
 
 #: How to recognise the machine a /proc/cpuinfo was captured on, tried in order: the field, a
 #: text its value must contain (None: present is enough), the ``uname -m`` it implies.
@@ -39,6 +38,16 @@ MACHINE_SIGNATURES: tuple[tuple[str, str | None, str], ...] = (
 )
 
 _KNOWN_VENDORS_STRIPPED = frozenset(vendor.strip() for vendor in X86_KNOWN_VENDORS)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One reported step of detection: where it looked, what it found (one line), and the
+    level it gives, if any."""
+
+    source: str
+    outcome: str
+    level: str | None = None
 
 
 def first_block(text: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hwcaps_fs.levels import ARCHSPEC_GENERIC_LEVELS, Architecture
+from hwcaps_fs.core.levels import ARCHSPEC_GENERIC_LEVELS, Architecture
 
 
 @dataclass(frozen=True)

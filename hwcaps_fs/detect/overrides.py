@@ -3,7 +3,7 @@
 
 Each source can only *lower* the level (the lowest one set wins, and none can raise it above
 what the CPU supports), so an override is always safe to leave in place when the hardware
-changes. ``--force-level`` is the one exception and lives in :mod:`hwcaps_fs.cpu`.
+changes. ``--force-level`` is the one exception and lives in :mod:`hwcaps_fs.detect.cpu`.
 
 A level name that the architecture does not have is a :class:`~hwcaps_fs.errors.UsageError`
 wherever it comes from, naming the source: silently ignoring a typo in an override would serve
@@ -18,8 +18,8 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from hwcaps_fs.core.levels import Architecture, UnknownLevelError
 from hwcaps_fs.errors import UsageError
-from hwcaps_fs.levels import Architecture, UnknownLevelError
 
 #: The environment variable that caps the level.
 ENV_VARIABLE = "HWCAPS_FS_LEVEL"

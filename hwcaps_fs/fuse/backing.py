@@ -26,7 +26,9 @@ import posixpath
 import threading
 from collections.abc import Iterable
 
-from hwcaps_fs.store import OPEN_DIR_FLAGS, OPEN_FILE_FLAGS, Candidate, show
+from hwcaps_fs.core.model import Candidate
+from hwcaps_fs.errors import show
+from hwcaps_fs.store.fds import OPEN_FILE_FLAGS, open_beneath, open_dir_beneath
 
 
 class ReplacedError(OSError):
@@ -34,35 +36,6 @@ class ReplacedError(OSError):
 
     def __init__(self, source: str) -> None:
         super().__init__(errno.ESTALE, f"{source} was replaced since it was scanned")
-
-
-def open_dir_beneath(root_fd: int, reldir: str) -> int:
-    """Open the directory ``reldir`` (ROOT-relative, already free of symlinks; "" is ROOT)
-    from ``root_fd``, refusing symlinks and ``..`` at every step."""
-    parts = reldir.split("/") if reldir else []
-    if any(part in ("", ".", "..") for part in parts):
-        raise OSError(errno.EINVAL, f"not a directory inside the store: {reldir}")
-    fd = os.open(".", OPEN_DIR_FLAGS, dir_fd=root_fd)
-    for part in parts:
-        try:
-            sub = os.open(part, OPEN_DIR_FLAGS, dir_fd=fd)
-        finally:
-            os.close(fd)
-        fd = sub
-    return fd
-
-
-def open_beneath(root_fd: int, relpath: str) -> int:
-    """Open ``relpath`` (ROOT-relative, already free of symlinks) read-only from ``root_fd``,
-    refusing symlinks and ``..`` at every step."""
-    reldir, name = posixpath.split(relpath)
-    if name in ("", ".", ".."):
-        raise OSError(errno.EINVAL, f"not a path inside the store: {relpath}")
-    dir_fd = open_dir_beneath(root_fd, reldir)
-    try:
-        return os.open(name, OPEN_FILE_FLAGS, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _checked(fd: int, candidate: Candidate) -> int:

@@ -7,7 +7,7 @@ the symlink presentation), so they are written to the floor measured in research
   is a new inode number plus one invalidated directory entry (:meth:`HwcapsOperations.swap`);
 * ``open`` does no I/O and returns a prebuilt FileInfo with ``keep_cache``; the file handle is
   the inode number itself, since pyfuse3's ``read`` only gets the handle; the backing file was
-  opened before the view started serving it (:mod:`hwcaps_fs.backing`);
+  opened before the view started serving it (:mod:`hwcaps_fs.fuse.backing`);
 * ``release`` returns at once and ``flush`` declines for good (ENOSYS): both sit on the exec path;
 * the mount is nosuid, so the kernel never asks ``security.capability`` at exec; extended
   attributes are answered from memory (``xattr=off`` declines them all with ENOSYS, which makes
@@ -34,9 +34,9 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from hwcaps_fs.backing import BackingFiles, ReplacedError
-from hwcaps_fs.store import Candidate
-from hwcaps_fs.view import Attributes, Node, View, changed_directories, changed_entries
+from hwcaps_fs.core.model import Candidate
+from hwcaps_fs.core.view import Attributes, Node, View, changed_directories, changed_entries
+from hwcaps_fs.fuse.backing import BackingFiles, ReplacedError
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ _NO_CHILDREN: Mapping[bytes, int] = {}
 
 
 class HwcapsOperations(pyfuse3.Operations):
-    """The read-only merged view, served from a :class:`~hwcaps_fs.view.View`.
+    """The read-only merged view, served from a :class:`~hwcaps_fs.core.view.View`.
 
     ``swap`` installs a new view. Inodes that left the view but that the kernel may still use
     (its lookup count is not zero) are *retired*, not dropped: a process that looked the name

@@ -9,12 +9,11 @@ mapped back to the view path it affects, and only those paths are rescanned
 Watches are added through ``/proc/self/fd/N`` of directory fds walked from the ROOT fd, never
 through a path: ROOT may be the mountpoint, and a path lookup through our own mount from the
 daemon would deadlock. The event decoding is pure (:func:`decode_events`); the inotify calls go
-through ctypes because the standard library has no binding.
+through :mod:`hwcaps_fs.system.libc` because the standard library has no binding.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import posixpath
 import struct
@@ -23,7 +22,9 @@ from dataclasses import dataclass
 
 import trio
 
-from hwcaps_fs.store import MAX_DEPTH, Store, locate, rescan_dir, rescan_path
+from hwcaps_fs.core.model import Store, locate
+from hwcaps_fs.store.scan import MAX_DEPTH, rescan_dir, rescan_path
+from hwcaps_fs.system.libc import check, libc
 
 IN_ATTRIB = 0x00000004
 IN_CLOSE_WRITE = 0x00000008
@@ -48,7 +49,7 @@ WATCH_MASK = (IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREA
               | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 
 #: How many path components below ROOT directories are watched: as deep as the scan merges
-#: them (:data:`~hwcaps_fs.store.MAX_DEPTH`) in a tree whose top is two components down
+#: them (:data:`~hwcaps_fs.store.scan.MAX_DEPTH`) in a tree whose top is two components down
 #: (``glibc-hwcaps/<level>``).
 MAX_WATCH_DEPTH = MAX_DEPTH + 2
 
@@ -57,9 +58,6 @@ SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF
 
 #: ``struct inotify_event`` without its name: wd, mask, cookie, len.
 EVENT_HEADER = struct.Struct("=iIII")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 @dataclass(frozen=True)
 class Event:
@@ -158,13 +156,6 @@ def _below(relpath: str, directories: set[str]) -> bool:
     return any(relpath.startswith(f"{directory}/") for directory in directories)
 
 
-def _check(result: int, what: str) -> int:
-    if result < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"{what}: {os.strerror(code)}")
-    return result
-
-
 class Watcher:
     """An inotify instance watching every directory under the ROOT fd.
 
@@ -174,7 +165,7 @@ class Watcher:
 
     def __init__(self, root_fd: int) -> None:
         self._root_fd = root_fd
-        self._fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
+        self._fd = check(libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
         self._directories: dict[int, str] = {}
 
     def sync(self) -> list[str]:
@@ -187,7 +178,7 @@ class Watcher:
             if relpath.count("/") + 1 >= MAX_WATCH_DEPTH:
                 dirs.clear()
             try:
-                wd = _check(_libc.inotify_add_watch(
+                wd = check(libc.inotify_add_watch(
                     self._fd, f"/proc/self/fd/{dir_fd}".encode(), WATCH_MASK),
                     "inotify_add_watch")
             except OSError as exc:
@@ -196,7 +187,7 @@ class Watcher:
                 continue
             seen[wd] = relpath
         for wd in self._directories.keys() - seen.keys():
-            _libc.inotify_rm_watch(self._fd, wd)
+            libc.inotify_rm_watch(self._fd, wd)
         self._directories = seen
         return warnings
 

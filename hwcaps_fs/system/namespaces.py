@@ -1,19 +1,19 @@
-"""Linux process plumbing for ``hwcaps-fs run``: namespaces, mounts, parent-death signals.
+"""Linux process plumbing: namespaces, mount(2), umount2(2), parent-death signals.
 
 Python 3.11 has neither ``os.unshare`` (3.12) nor mount(2) nor prctl(2), so these go through
-ctypes. Each wrapper raises :class:`OSError` with the errno, as ``os`` functions do, so callers
-can tell "not permitted here" (a fallback) from a real failure.
+:mod:`hwcaps_fs.system.libc`. Each wrapper raises :class:`OSError` with the errno, as ``os``
+functions do, so callers can tell "not permitted here" (a fallback) from a real failure.
 """
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import errno
 import os
 import subprocess
 
 from hwcaps_fs.errors import MountError
+from hwcaps_fs.system.libc import check, libc
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -31,15 +31,6 @@ MNT_DETACH = 0x2
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                        ctypes.c_ulong]
-
-
 class Isolation(enum.Enum):
     """Where the mounts of ``hwcaps-fs run`` live (the value says it in words)."""
 
@@ -53,30 +44,22 @@ class Isolation(enum.Enum):
         return self is not Isolation.NONE
 
 
-def _check(result: int, what: str | None = None) -> None:
-    if result != 0:
-        code = ctypes.get_errno()
-        if what is None:
-            raise OSError(code, os.strerror(code))
-        raise OSError(code, os.strerror(code), what)
-
-
 def _encode(text: str | None) -> bytes | None:
     return None if text is None else os.fsencode(text)
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags))
+    check(libc.unshare(flags))
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int,
           data: str | None = None) -> None:
-    _check(_libc.mount(_encode(source), os.fsencode(target), _encode(fstype), flags,
+    check(libc.mount(_encode(source), os.fsencode(target), _encode(fstype), flags,
                        _encode(data)), target)
 
 
 def umount(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(os.fsencode(target), flags), target)
+    check(libc.umount2(os.fsencode(target), flags), target)
 
 
 def detach(path: str) -> None:
@@ -96,12 +79,12 @@ def detach(path: str) -> None:
 def set_parent_death_signal(signum: int) -> None:
     """Have the kernel send ``signum`` when the thread that forked us ends. An ``exec`` in
     the parent does not count: the process lives on as the new program."""
-    _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0))
+    check(libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0))
 
 
 def become_subreaper() -> None:
     """Adopt orphaned descendants (a daemon that double-forks stays our child to wait for)."""
-    _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
+    check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
 
 
 def _map_ids(uid: int, gid: int) -> None:

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hwcaps_fs.loader_probe import parse_help
+from hwcaps_fs.detect.loader import parse_help
 from tests.builders import compile_level, install
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,1 @@
+"""The command line: parsing and dispatch, and one module per command."""

@@ -1,0 +1,171 @@
+"""The store as plain data: candidates per view path, the merged directories, the two layouts.
+
+:mod:`hwcaps_fs.store.scan` fills a :class:`Store` from the disk; everything else
+(resolution, the view, ``check``, ``which``) decides on it without touching the disk.
+
+Two layouts are understood:
+
+* ``glibc``: ``ROOT/<relpath>`` is the baseline, ``ROOT/glibc-hwcaps/<level>/<relpath>`` the
+  variants (the layout glibc uses for libraries);
+* ``loader``: ``ROOT/<level>/<relpath>`` with ``x86-64-v1`` as the baseline (hwcaps-loader's).
+
+Each level (and the baseline) is a *tree*; the view is the recursive merge of the trees, so a
+directory that exists only in one variant tree still appears. Names that are not valid UTF-8
+are kept as :func:`os.fsdecode` gives them (surrogate escapes), so every string here can be
+handed back to ``os`` functions unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from hwcaps_fs.core.access import PERMISSION_BITS, DirAccess, restricted
+from hwcaps_fs.core.elf import ElfFacts
+from hwcaps_fs.core.levels import Architecture
+
+
+class Layout(enum.Enum):
+    GLIBC = "glibc"
+    LOADER = "loader"
+
+
+#: The directory that holds the variants in the glibc layout (hidden from the view).
+GLIBC_HWCAPS_DIR = "glibc-hwcaps"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatRecord:
+    """The stat facts a view shows for a file or directory (those of ``os.stat_result``, without
+    the ``st_`` prefix). ``reachable_bits`` are the permission bits left once the directories to
+    be searched on the way are taken into account (:mod:`hwcaps_fs.core.access`)."""
+
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    nlink: int
+    ino: int
+    dev: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    reachable_bits: int = PERMISSION_BITS
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result, **fields: Any) -> Self:
+        """The record of ``st``, with the other ``fields`` of the subclass."""
+        return cls(mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, size=st.st_size,
+                   nlink=st.st_nlink, ino=st.st_ino, dev=st.st_dev, atime_ns=st.st_atime_ns,
+                   mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, **fields)
+
+    @property
+    def reachable_mode(self) -> int:
+        """``mode`` without the permissions the directories above deny (what a view shows)."""
+        return restricted(self.mode, self.reachable_bits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Candidate(StatRecord):
+    """One file that could be served for a relative path.
+
+    ``level`` is None for the baseline. ``source`` is the path, relative to ROOT, of the file
+    that would actually be served (after following symlinks that stay inside ROOT); ``path`` is
+    where the candidate was found. The stat fields are those of ``source``.
+    ``problem`` is set when scanning already knows the candidate cannot be served (a symlink
+    that escapes ROOT or loops, a FIFO, an unreadable or truncated file): resolution skips it
+    with that message. ``elf`` is None for files that are not ELF (scripts).
+    ``capability`` is the raw ``security.capability`` xattr, if any. ``untrusted_dir`` names
+    the first directory between ROOT and the file that a non-root user could write, if any
+    (``"."`` is ROOT itself). ``link_target`` is what ``path`` points to when it is a symlink
+    (``readlink``), so that a view can still present a symlink that leaves ROOT as a symlink.
+    """
+
+    level: str | None
+    path: str
+    source: str
+    elf: ElfFacts | None = None
+    capability: bytes | None = None
+    untrusted_dir: str | None = None
+    problem: str | None = None
+    link_target: str | None = None
+
+    @property
+    def unfollowed_link(self) -> bool:
+        """A symlink scanning did not follow (it leaves ROOT, dangles or loops): the stat
+        fields are the link's own, and a view can only show it as the same symlink
+        (``/usr/bin/awk -> /etc/alternatives/awk`` must stay what it is)."""
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def verbatim_link(self) -> str | None:
+        """The target of a baseline that is a symlink: views show it as that same symlink, as
+        the plain directory does. Then ``python3 -> python3.11`` runs python3.11's best
+        variant through the view, and ``awk -> /etc/alternatives/awk`` stays what it is."""
+        return self.link_target if self.level is None else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DirInfo(StatRecord):
+    """A directory of the merged view: its stat facts come from the baseline directory if there
+    is one, else from the first variant directory found."""
+
+    path: str
+
+
+@dataclass
+class Store:
+    """A scanned store.
+
+    ``files`` maps each relative path of the view (``bin/foo``, never starting with ``/``) to
+    its candidates by level (None = baseline). ``dirs`` maps the relative path of every
+    directory of the merged view (``""`` is ROOT itself) to its info. ``warnings`` are
+    one-line messages about what was ignored (unknown level directories, unreadable ones...).
+    ``root_parents`` are the directories above ROOT (``/`` first): searching them is part of
+    reaching any file of the store, so they count in ``reachable_bits``.
+    """
+
+    root: str
+    layout: Layout
+    architecture: Architecture
+    files: dict[str, dict[str | None, Candidate]] = field(default_factory=dict)
+    dirs: dict[str, DirInfo] = field(default_factory=dict)
+    unknown_level_dirs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    root_parents: tuple[DirAccess, ...] = ()
+
+    def candidates(self, relpath: str) -> Mapping[str | None, Candidate]:
+        return self.files.get(relpath, {})
+
+
+def tree_roots(layout: Layout, architecture: Architecture) -> dict[str | None, str]:
+    """The ROOT-relative directory of each tree, by level (None = baseline), baseline first
+    and then the levels in ascending order (the order that decides :class:`DirInfo`)."""
+    roots: dict[str | None, str] = {}
+    if layout is Layout.GLIBC:
+        roots[None] = ""
+        roots.update((name, f"{GLIBC_HWCAPS_DIR}/{name}") for name in architecture.level_names)
+        return roots
+    if architecture.baseline_dir:
+        roots[None] = architecture.baseline_dir
+    roots.update((name, name) for name in architecture.level_names)
+    return roots
+
+
+def locate(store: Store, path: str) -> tuple[str | None, str] | None:
+    """Which tree a ROOT-relative ``path`` belongs to: ``(level, view relpath)``, or None when
+    it is outside every tree (``glibc-hwcaps`` itself, an unknown level directory...).
+
+    This is what a watcher needs to turn a change on disk into the view path to rescan.
+    """
+    roots = tree_roots(store.layout, store.architecture)
+    for level, top in roots.items():
+        if top and (path == top or path.startswith(top + "/")):
+            return level, path[len(top) + 1 :]
+    if store.layout is Layout.LOADER or path.split("/", 1)[0] == GLIBC_HWCAPS_DIR:
+        return None
+    return None, path

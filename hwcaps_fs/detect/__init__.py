@@ -1,0 +1,1 @@
+"""CPU level detection: the loader, /proc/cpuinfo and the aux vector, archspec, overrides."""

@@ -1,0 +1,1 @@
+"""The store on disk: descriptors beneath ROOT, reading files, scanning, following changes."""

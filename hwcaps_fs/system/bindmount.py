@@ -1,0 +1,59 @@
+"""The private read-only bind mount through which an in-place view reaches its real files.
+
+Privileged programs are symlinks to the real file (see :mod:`hwcaps_fs.core.view`). When ROOT
+is the mountpoint, the real files are only reachable through a bind mount of the underlying
+directory, made under :data:`RUNTIME_DIR` before mounting. It keeps setuid (only the FUSE mount
+is nosuid) and is made private, or the FUSE mount would propagate onto it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from hwcaps_fs.system.mountinfo import mounts_at
+from hwcaps_fs.system.namespaces import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REMOUNT
+from hwcaps_fs.system.namespaces import mount as sys_mount
+from hwcaps_fs.system.namespaces import umount as sys_umount
+
+log = logging.getLogger(__name__)
+
+#: Where the private bind mounts of in-place mounts live (one per mountpoint).
+RUNTIME_DIR = "/run/hwcaps-fs"
+
+
+def runtime_name(mountpoint: str) -> str:
+    """A file name for ``mountpoint``, as systemd-escape --path writes it (``/usr/bin`` is
+    ``usr-bin``), so that each mountpoint has its own bind mount and a restart finds it."""
+    path = os.fsencode(mountpoint.strip("/"))
+    safe = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_."
+    escaped = "".join("-" if byte == ord("/") else chr(byte) if byte in safe
+                      else f"\\x{byte:02x}" for byte in path)
+    return escaped or "-"
+
+
+def bind_underlying(root_fd: int, mountpoint: str) -> str:
+    """Bind-mount the directory open as ``root_fd`` read-only (but not nosuid: setuid programs
+    run from it) at ``RUNTIME_DIR/<name>``, private so the FUSE mount does not propagate onto
+    it; a leftover from a daemon that was killed is detached first. Returns its path."""
+    os.makedirs(RUNTIME_DIR, mode=0o755, exist_ok=True)
+    target = os.path.join(RUNTIME_DIR, runtime_name(mountpoint))
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    for _ in mounts_at(target):
+        sys_umount(target, MNT_DETACH)
+    sys_mount(f"/proc/self/fd/{root_fd}", target, None, MS_BIND)
+    try:
+        sys_mount(None, target, None, MS_PRIVATE)
+        sys_mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    except OSError:
+        sys_umount(target, MNT_DETACH)
+        raise
+    return target
+
+
+def unbind(target: str) -> None:
+    try:
+        sys_umount(target, MNT_DETACH)
+        os.rmdir(target)
+    except OSError as exc:
+        log.warning("cannot remove the bind mount %s: %s", target, exc.strerror)

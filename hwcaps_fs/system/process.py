@@ -1,0 +1,124 @@
+"""The daemon as a process: where its logs go, sd_notify, detaching, and the wait for it.
+
+``mount`` returns only once the mount serves: mount(8) and mount.fuse3 wait for the command to
+exit, and what runs next at boot may exec through the mount. :func:`start_detached` forks
+(twice, so no zombie is left to the caller) before anything is opened; the daemon mounts,
+starts its event loop and only then tells the waiting parent (:mod:`hwcaps_fs.system.handshake`);
+a failure travels the same way and is raised in the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.handlers
+import os
+import socket
+import sys
+from collections.abc import Callable
+
+from hwcaps_fs.errors import HwcapsFsError, MountError
+from hwcaps_fs.system import handshake
+
+log = logging.getLogger(__name__)
+
+#: The exit status of a daemon that failed on a bug rather than on bad input (EX_SOFTWARE).
+EXIT_INTERNAL = 70
+
+
+def log_to_stderr(level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("hwcaps-fs[%(process)d]: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def log_to_syslog() -> None:
+    """After detaching, warnings go to syslog (journald's /dev/log), if there is one."""
+    root = logging.getLogger()
+    if not os.path.exists("/dev/log"):
+        root.handlers[:] = [logging.NullHandler()]
+        return
+    handler = logging.handlers.SysLogHandler(
+        "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    handler.setFormatter(logging.Formatter("hwcaps-fs[%(process)d]: %(message)s"))
+    root.handlers[:] = [handler]
+
+
+def notify(message: str) -> None:
+    """Send ``message`` to systemd's $NOTIFY_SOCKET (sd_notify), if there is one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+
+
+def _detach_stdio() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+#: What a daemon runs: it calls its argument once it serves, and returns when it is done.
+Work = Callable[[Callable[[], None]], None]
+
+
+def _daemon(work: Work, report: int, keep_stdio: bool) -> int:
+    """The daemon process: run ``work``, telling ``report`` once it serves, or its error
+    (which, once the parent has been told, can only be logged)."""
+    told = False
+
+    def tell(outcome: handshake.Outcome) -> None:
+        nonlocal told
+        if not told:
+            told = True
+            handshake.send(report, outcome)
+
+    def ready() -> None:
+        tell("ready")
+        if not keep_stdio:
+            _detach_stdio()
+            log_to_syslog()
+
+    try:
+        work(ready)
+    except HwcapsFsError as error:
+        if told:
+            log.error("%s", error)
+        tell(error)
+        return error.exit_code
+    except Exception as error:
+        log.exception("hwcaps-fs daemon failed")
+        with contextlib.suppress(OSError):
+            tell(MountError(f"internal error: {error!r}"))
+        return EXIT_INTERNAL
+    return 0
+
+
+def start_detached(work: Work, *, keep_stdio: bool, what: str) -> None:
+    """Run ``work`` in a detached daemon (its own session, adopted by init or a subreaper) and
+    return once it called ready; raise the error it reported otherwise. ``keep_stdio`` keeps
+    its stderr (``debug``); ``what`` names the mount in the message of a daemon that died."""
+    report, child_report = os.pipe()
+    first = os.fork()
+    if first == 0:
+        os.close(report)
+        os.setsid()
+        if os.fork() == 0:
+            code = _daemon(work, child_report, keep_stdio)
+            logging.shutdown()
+            os._exit(code)
+        os._exit(0)
+    os.close(child_report)
+    os.waitpid(first, 0)
+    outcome = handshake.receive(report)
+    if outcome is None:
+        raise MountError(f"cannot mount {what}: the daemon exited before serving")
+    if isinstance(outcome, BaseException):
+        raise outcome
