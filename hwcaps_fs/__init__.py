@@ -1,3 +1,4 @@
 """hwcaps-fs: glibc-hwcaps for executables, as a FUSE view of a bin directory."""
 
+#: The one place the version is written (pyproject.toml reads it from here).
 __version__ = "0.1.0"

@@ -14,12 +14,6 @@ class HwcapsFsError(Exception):
     exit_code = 1
 
 
-class CheckFailedError(HwcapsFsError):
-    """``hwcaps-fs check`` found errors in a store."""
-
-    exit_code = 1
-
-
 class UsageError(HwcapsFsError):
     """A bad option, option value, level name or configuration file."""
 

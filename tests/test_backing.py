@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.core.levels import architecture_named
+from hwcaps_fs.core.levels import X86_64
 from hwcaps_fs.core.model import Layout
 from hwcaps_fs.fuse.backing import BackingFiles, ReplacedError
 from hwcaps_fs.store.fds import open_beneath
 from hwcaps_fs.store.scan import scan_fd
 
-X86 = architecture_named("x86_64")
-
 
 def test_backing_keeps_the_old_file_after_a_rename_over(store_fd: tuple[Path, int]) -> None:
     path, fd = store_fd
-    store = scan_fd(fd, str(path), X86, Layout.GLIBC)
+    store = scan_fd(fd, str(path), X86_64, Layout.GLIBC)
     old = store.files["bin/foo"][None]
     backing = BackingFiles(fd)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -30,6 +31,12 @@ def machine_level() -> str:
     assert result.returncode == 0, result.stderr
     level: str = json.loads(result.stdout)["hardware_level"]
     return level
+
+
+def test_version_is_the_packages() -> None:
+    result = hwcaps_fs("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"hwcaps-fs {importlib.metadata.version('hwcaps-fs')}\n"
 
 
 def test_levels_text_and_json_agree() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hwcaps_fs.commands.symlink_view import SymlinkView, plan_symlink_view, write_symlink_view
-from hwcaps_fs.core.levels import architecture_named
+from hwcaps_fs.core.levels import X86_64
 from hwcaps_fs.core.resolve import Target, resolve_store
 from hwcaps_fs.store.scan import scan
 from hwcaps_fs.system.mountinfo import parse_mountinfo
@@ -153,7 +153,7 @@ def test_symlink_view_serves_best_variant_and_merges_directories(tmp_path: Path)
     _script(root / "glibc-hwcaps" / "x86-64-v3" / "bin" / "foo", "v3")
     _script(root / "glibc-hwcaps" / "x86-64-v4" / "bin" / "foo", "v4")
     _script(root / "glibc-hwcaps" / "x86-64-v2" / "libexec" / "only-v2", "v2")
-    arch = architecture_named("x86_64")
+    arch = X86_64
     store = scan(str(root), arch)
     target = Target(arch, ("x86-64-v3", "x86-64-v2"), None, require_trusted=False)
 

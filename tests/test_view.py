@@ -6,7 +6,7 @@ import dataclasses
 import stat
 from collections.abc import Mapping
 
-from hwcaps_fs.core.levels import architecture_named
+from hwcaps_fs.core.levels import X86_64
 from hwcaps_fs.core.model import Candidate, DirInfo, Layout, Store
 from hwcaps_fs.core.resolve import Resolution
 from hwcaps_fs.core.view import (
@@ -20,8 +20,6 @@ from hwcaps_fs.core.view import (
     changed_directories,
     changed_entries,
 )
-
-X86 = architecture_named("x86_64")
 
 
 def candidate(level: str | None, relpath: str, *, ino: int = 100, mode: int = 0o100755,
@@ -39,7 +37,7 @@ def directory(relpath: str, mtime_ns: int = 10) -> DirInfo:
 
 
 def store_of(*dirs: str) -> Store:
-    return Store("/store", Layout.GLIBC, X86, dirs={d: directory(d) for d in ("", *dirs)})
+    return Store("/store", Layout.GLIBC, X86_64, dirs={d: directory(d) for d in ("", *dirs)})
 
 
 def build(store: Store, served: Mapping[str, Candidate | None], numbers: InodeNumbers, *,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from hwcaps_fs.core.levels import architecture_named
+from hwcaps_fs.core.levels import X86_64
 from hwcaps_fs.core.model import Layout
 from hwcaps_fs.store.scan import scan_fd
 from hwcaps_fs.store.watch import (
@@ -25,8 +25,6 @@ from hwcaps_fs.store.watch import (
     changes_of,
     decode_events,
 )
-
-X86 = architecture_named("x86_64")
 
 
 def packed(wd: int, mask: int, name: bytes = b"") -> bytes:
@@ -62,7 +60,7 @@ def add_variant(root: Path, level: str, relpath: str) -> Path:
 
 def test_apply_changes_rescans_what_changed(store_fd: tuple[Path, int]) -> None:
     path, fd = store_fd
-    store = scan_fd(fd, str(path), X86, Layout.GLIBC)
+    store = scan_fd(fd, str(path), X86_64, Layout.GLIBC)
     add_variant(path, "x86-64-v2", "bin/foo")
     changed = Changes(frozenset({Change("glibc-hwcaps/x86-64-v2/bin/foo", False)}))
     apply_changes(store, fd, changed)

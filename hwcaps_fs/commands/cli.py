@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from hwcaps_fs import __version__
 from hwcaps_fs.commands import report
 from hwcaps_fs.commands.check import Severity, check
 from hwcaps_fs.core.model import Layout, Store
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hwcaps-fs",
         description="glibc-hwcaps for executables: each name runs the best build this CPU can.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 

@@ -139,15 +139,15 @@ def _become(command: list[str], environ: dict[str, str]) -> NoReturn:
 def _start_keeper(config: RunConfig, isolation: Isolation) -> str:
     """Fork the keeper and wait for its word: the view's directory, or the error to raise."""
     parent = os.getpid()
-    report, child_report = os.pipe()
+    from_child, to_parent = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        os.close(report)
-        _keeper(config, isolation, parent, child_report)
-    os.close(child_report)
-    outcome = handshake.receive(report)
+        os.close(from_child)
+        _keeper(config, isolation, parent, to_parent)
+    os.close(to_parent)
+    outcome = handshake.receive(from_child)
     if isinstance(outcome, str):
         return outcome
     os.waitpid(pid, 0)
@@ -159,7 +159,7 @@ def _start_keeper(config: RunConfig, isolation: Isolation) -> str:
 # -- the keeper --------------------------------------------------------------------------
 
 
-def _keeper(config: RunConfig, isolation: Isolation, parent: int, report: int) -> NoReturn:
+def _keeper(config: RunConfig, isolation: Isolation, parent: int, to_parent: int) -> NoReturn:
     """The keeper process: set the view up, report, wait for CMD's end, clean up, exit."""
     reported = False
     try:
@@ -173,14 +173,14 @@ def _keeper(config: RunConfig, isolation: Isolation, parent: int, report: int) -
                 outcome = _prepare_view(config, isolation, cleanup)
             except BaseException as error:
                 outcome = error
-            handshake.send(report, outcome)
+            handshake.send(to_parent, outcome)
             reported = True
             if isinstance(outcome, str):
                 _wait_for_parent(parent)
     except BaseException as error:
         if not reported:
             with contextlib.suppress(OSError):
-                handshake.send(report, error)
+                handshake.send(to_parent, error)
         else:
             print(f"hwcaps-fs: run: removing the view: {error}", file=sys.stderr, flush=True)
         os._exit(1)

@@ -279,14 +279,6 @@ def architecture_for_machine(machine: str) -> Architecture:
     raise UnknownArchitectureError(f"unknown machine {machine!r}: no glibc-hwcaps levels known")
 
 
-def architecture_named(name: str) -> Architecture:
-    """The architecture whose table is called ``name`` (``x86_64``, ``ppc64le``, ...)."""
-    for arch in ARCHITECTURES:
-        if arch.name == name:
-            return arch
-    return architecture_for_machine(name)
-
-
 def architecture_of_level(name: str) -> Architecture | None:
     """Which architecture has a level (or hwcaps-loader baseline directory) called ``name``."""
     for arch in ARCHITECTURES:

@@ -134,7 +134,6 @@ class Store:
     architecture: Architecture
     files: dict[str, dict[str | None, Candidate]] = field(default_factory=dict)
     dirs: dict[str, DirInfo] = field(default_factory=dict)
-    unknown_level_dirs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     root_parents: tuple[DirAccess, ...] = ()
 

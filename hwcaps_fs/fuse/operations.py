@@ -14,9 +14,10 @@ the symlink presentation), so they are written to the floor measured in research
   ``ls -l`` cheap at the cost of ``user.hwcaps.*``);
 * blocking work (reads, statfs) runs in worker threads: one stuck handler would stall every exec.
 
-Everything that would write answers EROFS. A handler that fails unexpectedly answers EIO and
-logs one line: pyfuse3 lets any exception other than FUSEError end its main loop, which would
-take every mounted name away.
+The mount is always ``ro``, so the kernel refuses every write itself and no handler that would
+write is defined (pyfuse3's defaults answer ENOSYS; ``open`` for writing answers EROFS). A
+handler that fails unexpectedly answers EIO and logs one line: pyfuse3 lets any exception other
+than FUSEError end its main loop, which would take every mounted name away.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -64,16 +65,6 @@ def guarded(
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return guarded
-
-
-def _read_only(name: str) -> Callable[..., Coroutine[Any, Any, NoReturn]]:
-    """A handler for a request that would modify the view: always EROFS."""
-
-    async def refuse(*_args: object) -> NoReturn:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    refuse.__name__ = name
-    return refuse
 
 
 def entry_attributes(attributes: Attributes) -> pyfuse3.EntryAttributes:
@@ -290,21 +281,6 @@ class HwcapsOperations(pyfuse3.Operations):
         if not self._xattrs:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         return list(self._reply(inode).node.xattrs or ())
-
-    # -- everything that writes ----------------------------------------------------------
-
-    setattr = _read_only("setattr")
-    mknod = _read_only("mknod")
-    mkdir = _read_only("mkdir")
-    unlink = _read_only("unlink")
-    rmdir = _read_only("rmdir")
-    symlink = _read_only("symlink")
-    rename = _read_only("rename")
-    link = _read_only("link")
-    write = _read_only("write")
-    create = _read_only("create")
-    setxattr = _read_only("setxattr")
-    removexattr = _read_only("removexattr")
 
 
 def _files(view: View, known: Mapping[int, object]) -> list[tuple[int, Candidate]]:

@@ -116,7 +116,7 @@ def rescan_dir(store: Store, root_fd: int, reldir: str) -> list[str]:
         fresh = scan_fd(root_fd, store.root, store.architecture, store.layout,
                         store.root_parents)
         store.files, store.dirs = fresh.files, fresh.dirs
-        store.unknown_level_dirs, store.warnings = fresh.unknown_level_dirs, fresh.warnings
+        store.warnings = fresh.warnings
         return list(fresh.warnings)
     prefix = reldir + "/"
     for table in (store.files, store.dirs):
@@ -174,7 +174,6 @@ class _Scanner:
                 if not is_dir:
                     self.warn(f"ignored {show(path)}: not a level directory")
                     continue
-                self.store.unknown_level_dirs.append(path)
                 self.warn(f"ignored {show(path)}: {self._foreign_reason(name)}")
         finally:
             os.close(parent)

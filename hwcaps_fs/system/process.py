@@ -69,8 +69,8 @@ def _detach_stdio() -> None:
 Work = Callable[[Callable[[], None]], None]
 
 
-def _daemon(work: Work, report: int, keep_stdio: bool) -> int:
-    """The daemon process: run ``work``, telling ``report`` once it serves, or its error
+def _daemon(work: Work, to_parent: int, keep_stdio: bool) -> int:
+    """The daemon process: run ``work``, telling ``to_parent`` once it serves, or its error
     (which, once the parent has been told, can only be logged)."""
     told = False
 
@@ -78,7 +78,7 @@ def _daemon(work: Work, report: int, keep_stdio: bool) -> int:
         nonlocal told
         if not told:
             told = True
-            handshake.send(report, outcome)
+            handshake.send(to_parent, outcome)
 
     def ready() -> None:
         tell("ready")
@@ -105,19 +105,19 @@ def start_detached(work: Work, *, keep_stdio: bool, what: str) -> None:
     """Run ``work`` in a detached daemon (its own session, adopted by init or a subreaper) and
     return once it called ready; raise the error it reported otherwise. ``keep_stdio`` keeps
     its stderr (``debug``); ``what`` names the mount in the message of a daemon that died."""
-    report, child_report = os.pipe()
+    from_child, to_parent = os.pipe()
     first = os.fork()
     if first == 0:
-        os.close(report)
+        os.close(from_child)
         os.setsid()
         if os.fork() == 0:
-            code = _daemon(work, child_report, keep_stdio)
+            code = _daemon(work, to_parent, keep_stdio)
             logging.shutdown()
             os._exit(code)
         os._exit(0)
-    os.close(child_report)
+    os.close(to_parent)
     os.waitpid(first, 0)
-    outcome = handshake.receive(report)
+    outcome = handshake.receive(from_child)
     if outcome is None:
         raise MountError(f"cannot mount {what}: the daemon exited before serving")
     if isinstance(outcome, BaseException):
