@@ -50,7 +50,7 @@ def test_each_mistake_is_found(tmp_path: Path, binaries: Path, target: Target) -
         (error, "glibc-hwcaps/x86-64-v2/bin/orphan",
          "no baseline for bin/orphan (only x86-64-v2): CPUs below those levels will not see it"),
         (error, "bin/noexec", "not executable (mode 0644)"),
-        (error, "bin/arm", "built for AArch64 (e_machine 183), this is x86_64"),
+        (error, "bin/arm", "built for aarch64 (e_machine 183), this is x86_64"),
         (error, "bin/escape", "symlink leaves " + str(tmp_path) + " (-> /etc/passwd)"),
         (warning, "", "ignored glibc-hwcaps/power10: a level of ppc64le, this store serves x86_64"),
         (warning, "bin/groupw",

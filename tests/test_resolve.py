@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.core.levels import X86_64
+from hwcaps_fs.core.levels import PPC64LE, S390X, X86_64
 from hwcaps_fs.core.resolve import (
     Resolution,
     Target,
-    cumulative_isa_bits,
-    isa_level_name,
     resolve,
     resolve_store,
 )
@@ -30,7 +28,7 @@ def target(level: str | None, require_trusted: bool = False) -> Target:
     """A CPU whose highest level is ``level`` (None = baseline only)."""
     rank = 0 if level is None else X86_64.rank(level)
     active = tuple(reversed(X86_64.level_names[:rank]))
-    return Target(X86_64, active, cumulative_isa_bits(X86_64, level), require_trusted)
+    return Target(X86_64, active, X86_64.isa_bits(level or "baseline"), require_trusted)
 
 
 def resolved(root: Path, tgt: Target, relpath: str = "bin/prog") -> Resolution:
@@ -61,10 +59,13 @@ def runs(root: Path, resolution: Resolution) -> str:
 
 
 def test_levels_helpers() -> None:
-    assert cumulative_isa_bits(X86_64, None) == 0x1
-    assert cumulative_isa_bits(X86_64, "x86-64-v3") == 0x7
-    assert isa_level_name(X86_64, 0x5) == "x86-64-v3"
-    assert isa_level_name(X86_64, 0x10) == "unknown ISA bits 0x10"
+    assert X86_64.isa_bits(None) == 0
+    assert X86_64.isa_bits("baseline") == 0x1
+    assert X86_64.isa_bits("x86-64-v3") == 0x7
+    assert S390X.isa_bits("z15") is None
+    assert X86_64.isa_level_name(0x5) == "x86-64-v3"
+    assert X86_64.isa_level_name(0x10) == "unknown ISA bits 0x10"
+    assert [f.name for f in PPC64LE.features_up_to("power9")] == ["arch_3_00", "ieee128"]
 
 
 @pytest.mark.parametrize("cpu", [None, *LEVELS])
@@ -116,9 +117,9 @@ def test_wrong_machine_skipped(tmp_path: Path, binaries: Path) -> None:
     res = resolved(tmp_path, target("x86-64-v4"))
     assert res.served is not None and res.served.level is None
     assert [s.reason for s in res.skipped] == [
-        "a 32-bit ELF file for x86-64, this is x86_64 (64-bit)",
-        "built for i386 (e_machine 3), this is x86_64",
-        "built for AArch64 (e_machine 183), this is x86_64",
+        "a 32-bit ELF file, this is x86_64 (64-bit)",
+        "built for i686 (e_machine 3), this is x86_64",
+        "built for aarch64 (e_machine 183), this is x86_64",
     ]
 
 

@@ -21,8 +21,6 @@ from hwcaps_fs.core.levels import Architecture
 from hwcaps_fs.core.model import Candidate, Store
 from hwcaps_fs.core.resolve import (
     Target,
-    cumulative_isa_bits,
-    isa_level_name,
     isa_needed_beyond,
     machine_problem,
     trust_problem,
@@ -74,11 +72,11 @@ def _isa_above_directory(
 ) -> tuple[Severity, str] | None:
     if candidate.elf is None or candidate.elf.machine != arch.e_machine:
         return None
-    needed = isa_needed_beyond(candidate, cumulative_isa_bits(arch, candidate.level))
+    needed = isa_needed_beyond(candidate, arch.isa_bits(candidate.level or arch.baseline.name) or 0)
     if needed is None:
         return None
     where = candidate.level or "the baseline"
-    return (Severity.ERROR, f"ISA note {needed:#x} needs {isa_level_name(arch, needed)}, "
+    return (Severity.ERROR, f"ISA note {needed:#x} needs {arch.isa_level_name(needed)}, "
             f"more than {where}: CPUs at {where} will not run it")
 
 

@@ -38,28 +38,6 @@ GNU_PROPERTY_X86_ISA_1_NEEDED = 0xC0008002
 #: (``fs/binfmt_elf.c``: ``e_phnum > 65536U / sizeof(struct elf_phdr)``).
 MAX_PHDR_TABLE = 65536
 
-#: Human names of the ``e_machine`` values a Linux distribution is likely to meet, for messages.
-MACHINE_NAMES: dict[int, str] = {
-    2: "SPARC",
-    3: "i386",
-    8: "MIPS",
-    20: "PowerPC",
-    21: "PowerPC64",
-    22: "S/390",
-    40: "ARM",
-    43: "SPARC64",
-    62: "x86-64",
-    183: "AArch64",
-    243: "RISC-V",
-    258: "LoongArch",
-}
-
-
-def machine_name(machine: int) -> str:
-    """``e_machine`` as a human would say it, with the number for the ones not in the table."""
-    return MACHINE_NAMES.get(machine, f"machine {machine}")
-
-
 @dataclass(frozen=True)
 class ElfClassLayout:
     """Where the fields hwcaps-fs reads sit in one ELF class.

@@ -91,6 +91,43 @@ class Architecture:
             return 0
         return self.level_names.index(self.level(name).name) + 1
 
+    # Each level requires every feature of the levels below it (glibc activates a contiguous
+    # tail of its list), so what a CPU at a level has is always this chain, walked only here.
+
+    def chain(self, name: str) -> tuple[Level, ...]:
+        """The baseline and every level up to ``name``, ascending: what a CPU at ``name`` has."""
+        return (self.baseline, *self.levels[: self.rank(name)])
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        """Every feature of every level, the baseline's included, in table order."""
+        return tuple(f for level in (self.baseline, *self.levels) for f in level.features)
+
+    def features_up_to(self, name: str) -> tuple[Feature, ...]:
+        """Every feature level ``name`` needs, the baseline's included, in table order."""
+        return tuple(f for level in self.chain(name) for f in level.features)
+
+    def isa_bits(self, name: str | None) -> int | None:
+        """The GNU_PROPERTY_X86_ISA_1 bits of a CPU at level ``name`` (None: of a CPU not even
+        known to have the baseline, 0), or None where the architecture has no ISA bits."""
+        if self.baseline.isa_bit is None:
+            return None
+        return sum(level.isa_bit or 0 for level in self.chain(name)) if name else 0
+
+    def isa_level_name(self, bits: int) -> str:
+        """The name of the highest level whose ISA bit is in ``bits`` (how to say what an ISA
+        note asks for), or the raw bits when they name no level."""
+        known = 0
+        name = None
+        for level in (self.baseline, *self.levels):
+            if level.isa_bit is not None:
+                known |= level.isa_bit
+                if bits & level.isa_bit:
+                    name = level.name
+        if name is None or bits & ~known:
+            return f"unknown ISA bits {bits:#x}"
+        return name
+
 
 class UnknownLevelError(ValueError):
     """A level name that the architecture does not have."""
@@ -261,6 +298,19 @@ ALL_LEVEL_NAMES: frozenset[str] = frozenset(
     for arch in ARCHITECTURES
     for name in (*arch.level_names, *((arch.baseline_dir,) if arch.baseline_dir else ()))
 )
+
+
+#: ``e_machine`` values of other machines a Linux distribution may meet, named for messages (the
+#: architectures above name their own).
+OTHER_MACHINES: dict[int, str] = {2: "sparc", 8: "mips", 20: "ppc", 43: "sparc64"}
+
+
+def machine_name(e_machine: int) -> str:
+    """An ELF ``e_machine`` as the tables call it, with the number for an unknown one."""
+    for arch in ARCHITECTURES:
+        if arch.e_machine == e_machine:
+            return arch.name
+    return OTHER_MACHINES.get(e_machine, f"machine {e_machine}")
 
 
 class UnknownArchitectureError(ValueError):

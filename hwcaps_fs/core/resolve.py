@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hwcaps_fs.core.access import writable_by_others
-from hwcaps_fs.core.elf import ElfFacts, machine_name
-from hwcaps_fs.core.levels import Architecture
+from hwcaps_fs.core.elf import ElfFacts
+from hwcaps_fs.core.levels import Architecture, machine_name
 from hwcaps_fs.core.model import Candidate, Store
 from hwcaps_fs.errors import show
 
@@ -58,40 +58,17 @@ class Resolution:
     skipped: tuple[Skip, ...]
 
 
-def cumulative_isa_bits(architecture: Architecture, level: str | None) -> int:
-    """The ISA_1 bits a CPU at ``level`` (None = baseline) has: its bit and every lower one."""
-    rank = 0 if level is None else architecture.rank(level)
-    chain = (architecture.baseline, *architecture.levels)[: rank + 1]
-    return sum(lvl.isa_bit or 0 for lvl in chain)
-
-
-def isa_level_name(architecture: Architecture, bits: int) -> str:
-    """The name of the highest level whose ISA bit is in ``bits`` (how to say what an ISA
-    note asks for), or the raw bits when they name no level."""
-    known = 0
-    name = None
-    for level in (architecture.baseline, *architecture.levels):
-        if level.isa_bit is not None:
-            known |= level.isa_bit
-            if bits & level.isa_bit:
-                name = level.name
-    if name is None or bits & ~known:
-        return f"unknown ISA bits {bits:#x}"
-    return name
-
-
 def machine_problem(elf: ElfFacts, architecture: Architecture) -> str | None:
     """Why an ELF file cannot run on ``architecture`` (wrong machine, class or byte order)."""
-    little = architecture.byteorder == "little"
-    built = machine_name(elf.machine)
     if elf.machine != architecture.e_machine:
-        return f"built for {built} (e_machine {elf.machine}), this is {architecture.name}"
+        return (f"built for {machine_name(elf.machine)} (e_machine {elf.machine}), "
+                f"this is {architecture.name}")
     if elf.elf_class != architecture.elf_class:
-        return (f"a {elf.elf_class}-bit ELF file for {built}, "
+        return (f"a {elf.elf_class}-bit ELF file, "
                 f"this is {architecture.name} ({architecture.elf_class}-bit)")
-    if elf.little_endian != little:
+    if elf.little_endian != (architecture.byteorder == "little"):
         order = "little" if elf.little_endian else "big"
-        return f"a {order}-endian ELF file for {built}, this is {architecture.name}"
+        return f"a {order}-endian ELF file, this is {architecture.name}"
     return None
 
 
@@ -138,8 +115,8 @@ def _isa_too_high(candidate: Candidate, target: Target) -> str | None:
     if needed is None or target.isa_bits is None:
         return None
     arch = target.architecture
-    return (f"needs {isa_level_name(arch, needed)} (ISA note {needed:#x}) "
-            f"but this CPU supports up to {isa_level_name(arch, target.isa_bits)}")
+    return (f"needs {arch.isa_level_name(needed)} (ISA note {needed:#x}) "
+            f"but this CPU supports up to {arch.isa_level_name(target.isa_bits)}")
 
 
 def _untrusted(candidate: Candidate, target: Target) -> str | None:

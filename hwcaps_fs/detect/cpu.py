@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 from hwcaps_fs.core.levels import (
     Architecture,
-    Feature,
     UnknownArchitectureError,
     architecture_for_machine,
     baseline_only_architecture,
@@ -152,7 +151,7 @@ def detect(options: DetectOptions) -> Detection:
         source = f"{cpuinfo_path} and {options.auxv or LIVE_AUXV}" if auxv else cpuinfo_path
         hardware = _Hardware(evaluation.level, source, evaluation.isa_bits, evaluation.missing)
     else:
-        hardware = _Hardware(arch.baseline.name, cpuinfo_path, _isa_up_to(arch, None), {})
+        hardware = _Hardware(arch.baseline.name, cpuinfo_path, arch.isa_bits(None), {})
 
     view = archspec_view(arch, fields) if fields else None
     if view is not None:
@@ -161,7 +160,7 @@ def detect(options: DetectOptions) -> Detection:
     level, decided_by = _apply_overrides(arch, hardware, overrides, forced, steps)
     isa_bits = hardware.isa_bits
     if forced is not None and isa_bits is not None:
-        isa_bits |= _isa_up_to(arch, forced) or 0
+        isa_bits |= arch.isa_bits(forced) or 0
     return Detection(
         architecture=arch,
         hardware_level=hardware.level,
@@ -260,12 +259,12 @@ def _from_loader(
     for name in arch.level_names[arch.rank(level):]:
         lacking = evaluation.missing.get(name, ()) if evaluation else ()
         missing[name] = tuple(
-            f.name for f in _features_up_to(arch, name) if f.name in lacking or f.name in masked
+            f.name for f in arch.features_up_to(name) if f.name in lacking or f.name in masked
         )
     isa_bits = report.isa_1
     if isa_bits is None and arch.baseline.isa_bit is not None:
         isa_bits = evaluation.isa_bits if evaluation and evaluation.flags_known else None
-        isa_bits = isa_bits if isa_bits is not None else _isa_up_to(arch, level)
+        isa_bits = isa_bits if isa_bits is not None else arch.isa_bits(level)
     return _Hardware(level, report.method, isa_bits, missing)
 
 
@@ -313,22 +312,3 @@ def _apply_overrides(
     steps.append(Step(lowest.source, line, hardware.level))
     return hardware.level, hardware.source
 
-
-def _features_up_to(arch: Architecture, name: str) -> tuple[Feature, ...]:
-    """Every feature level ``name`` needs, the baseline's included, in table order."""
-    chain = (arch.baseline, *arch.levels[: arch.rank(name)])
-    return tuple(f for level in chain for f in level.features)
-
-
-def _isa_up_to(arch: Architecture, name: str | None) -> int | None:
-    """The GNU_PROPERTY_X86_ISA_1 bits of level ``name`` and below (None: of nothing, 0), or
-    None where the architecture has no ISA bits."""
-    if arch.baseline.isa_bit is None:
-        return None
-    if name is None:
-        return 0
-    chain = (arch.baseline, *arch.levels[: arch.rank(name)])
-    bits = 0
-    for level in chain:
-        bits |= level.isa_bit or 0
-    return bits

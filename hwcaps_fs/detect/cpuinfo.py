@@ -128,7 +128,7 @@ def evaluate(
         return Evaluation(arch.baseline.name, None, {}, (step,), (), True)
     flags, steps, warnings = reader(arch, fields, auxv, source)
     if flags is None:
-        return Evaluation(arch.baseline.name, _no_isa(arch), {}, steps, warnings, False)
+        return Evaluation(arch.baseline.name, arch.isa_bits(None), {}, steps, warnings, False)
     unusable, quirk_steps = _x86_vendor_rules(fields, source) if arch is X86_64 else ({}, ())
     steps = (*steps, *quirk_steps)
 
@@ -160,10 +160,6 @@ def _summary(arch: Architecture, level: str, missing: Mapping[str, tuple[str, ..
     return f"supports {level}; {following} needs {lacks}"
 
 
-def _no_isa(arch: Architecture) -> int | None:
-    return 0 if arch.baseline.isa_bit is not None else None
-
-
 _Read = tuple[frozenset[str] | None, tuple[Step, ...], tuple[str, ...]]
 
 
@@ -182,7 +178,7 @@ def _ppc_flags(
     """AT_HWCAP2, which glibc tests; else a guess from the ``cpu : POWERn`` line."""
     if AT_HWCAP2 in auxv:
         hwcap2 = auxv[AT_HWCAP2]
-        names = frozenset(f.flag for f in _all_features(arch) if f.hwcap and hwcap2 & f.hwcap[1])
+        names = frozenset(f.flag for f in arch.features if f.hwcap and hwcap2 & f.hwcap[1])
         shown = " ".join(sorted(names)) or "none of the level bits"
         return names, (Step("aux vector", f"AT_HWCAP2={hwcap2:#x}: {shown}"),), ()
     cpu = fields.get("cpu", "")
@@ -191,8 +187,7 @@ def _ppc_flags(
         return None, (), (f"{source}: no AT_HWCAP2 and no 'cpu : POWERn' line: level unknown",)
     generation = int(match.group(1))
     guessed = next((name for gen, name in POWER_GENERATION_LEVELS if generation >= gen), None)
-    rank = arch.rank(guessed) if guessed else 0
-    names = frozenset(f.flag for level in arch.levels[:rank] for f in level.features)
+    names = frozenset(f.flag for f in arch.features_up_to(guessed or arch.baseline.name))
     warning = (
         f"{source}: no AT_HWCAP2 given; guessed {guessed or 'baseline'} from 'cpu : {cpu}' "
         "(glibc tests AT_HWCAP2 bits, which a compatibility mode or an old kernel may lack)"
@@ -212,7 +207,7 @@ def _s390_flags(
     names = set((features or "").split())
     names.update(f"stfle{n}" for n in facilities.split() if n.isdigit())
     steps: tuple[Step, ...] = ()
-    hwcap_features = [f for f in _all_features(arch) if f.hwcap and f.hwcap[0] in auxv]
+    hwcap_features = [f for f in arch.features if f.hwcap and f.hwcap[0] in auxv]
     for feature in hwcap_features:
         assert feature.hwcap is not None
         a_type, mask = feature.hwcap
@@ -225,10 +220,6 @@ def _s390_flags(
     return frozenset(names), steps, ()
 
 
-def _all_features(arch: Architecture) -> tuple[Feature, ...]:
-    return tuple(f for level in (arch.baseline, *arch.levels) for f in level.features)
-
-
 _FLAG_READERS = {"x86_64": _x86_flags, "ppc64le": _ppc_flags, "s390x": _s390_flags}
 
 
@@ -239,7 +230,7 @@ def _x86_vendor_rules(
     not know (it skips CPUID leaf 1), and those of the model quirk table."""
     vendor = fields.get("vendor_id", "").strip()
     if vendor not in _KNOWN_VENDORS_STRIPPED:
-        every = {f.name: "unknown vendor" for f in _all_features(X86_64)}
+        every = {f.name: "unknown vendor" for f in X86_64.features}
         why = (
             f"vendor_id {vendor!r} is not one glibc knows "
             f"({', '.join(sorted(_KNOWN_VENDORS_STRIPPED))}): glibc selects no level"
