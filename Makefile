@@ -92,7 +92,7 @@ clean:
 bench: deps
 	$(BIN)/python -m bench.run --out bench/results.md --readme README.md
 
-# Soak (issue 7): SOAK_SECONDS of parallel execs through a mount while its store is churned;
+# Soak: SOAK_SECONDS of parallel execs through a mount while its store is churned;
 # writes bench/soak-results.md, which docs/testing.md quotes between its soak markers.
 SOAK_SECONDS ?= 600
 soak: deps

@@ -41,7 +41,7 @@ Legacy HWCAP subdirectories under library search path directories:
   tls (supported, searched)
 """
 
-# research/levels.md §6.3: glibc 2.36, GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F and
+# ld.so --help of glibc 2.36 (format: docs/levels.md), GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F and
 # --glibc-hwcaps-mask x86-64-v2 (plus a prepended name, which is not a level).
 HELP_2_36_MASKED = """\
 Subdirectories of glibc-hwcaps directories, in priority order:

@@ -4,7 +4,7 @@ level marker.
 Only the ELF header, the program headers and one note segment are read, the way the kernel and
 the dynamic loader see the file (sections are a link-time notion and may be stripped). The ISA
 marker is parsed with the rules of glibc's loader (``_dl_process_property_note``, see
-research/levels.md §7.2), so that a note glibc would ignore is ignored here too: hwcaps-fs must
+docs/levels.md), so that a note glibc would ignore is ignored here too: hwcaps-fs must
 predict what ``ld.so`` will do with the file, not what ``readelf`` prints.
 
 Two entry points share one parser: :func:`read_elf_facts` for bytes already in memory and

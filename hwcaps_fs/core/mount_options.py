@@ -5,7 +5,7 @@ mount.fuse3 put on every command line (``rw``, ``dev``, ``suid``, ``defaults``, 
 ``x-systemd.*``...). Those are accepted and ignored rather than refused, because a refusal
 would make an fstab line that looks perfectly normal fail at boot.
 
-Three things are never up to the options, for the reasons in research/fuse.md:
+Three things are never up to the options, for the reasons in docs/fuse.md:
 
 * the mount is always ``ro``: the view has no place to write to;
 * it is always ``nosuid,nodev``: setuid, setgid and file-capability programs are presented as

@@ -7,7 +7,7 @@ copied cpuinfo as well, this module builds archspec's partial microarchitecture 
 targets. That reaches into archspec's detection module, hence the pinned version, and why every
 call is guarded: archspec is advice, and its failure must never stop detection.
 
-archspec disagrees with glibc by design in places (research/levels.md §10): it never checks
+archspec disagrees with glibc by design in places (docs/levels.md): it never checks
 SSE3 (``pni``) or the x86 baseline, ignores the vendor, and has no s390x targets. Its level is
 therefore only compared, never used.
 """

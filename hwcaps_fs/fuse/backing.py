@@ -2,7 +2,7 @@
 
 An exec through the mount sends OPEN; with keep_cache the binary's bytes then come from the
 page cache, so in steady state nothing is ever read and ``open`` must not touch the disk
-(research/fuse-floor.md). The backing file of every file the view serves is therefore opened
+(docs/fuse.md). The backing file of every file the view serves is therefore opened
 before the view is (:meth:`BackingFiles.open_all`), and kept open for as long as the view
 serves that inode or the kernel may ask for it. Opening it on the first READ instead would
 leave a window in which the store removes or replaces the served variant before anything was

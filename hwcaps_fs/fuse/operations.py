@@ -1,7 +1,7 @@
 """The FUSE request handlers: each one a dictionary lookup into the view and a prebuilt reply.
 
 Every exec through the mount waits for at least one of these handlers (OPEN, or READLINK in
-the symlink presentation), so they are written to the floor measured in research/fuse-floor.md:
+the symlink presentation), so they are written to the floor of stock pyfuse3 (docs/fuse.md):
 
 * entries and attributes are cached by the kernel for a day (:data:`CACHE_TIMEOUT`); an update
   is a new inode number plus one invalidated directory entry (:meth:`HwcapsOperations.swap`);

@@ -12,7 +12,7 @@ Boots:
 
 * systemd-nspawn, twice: a normal boot, then one with ``hwcaps_fs=off`` (which systemd in a
   container reads from PID 1's arguments) that must leave every directory plain;
-* QEMU with software emulation (TCG: KVM is unusable here, research/boot.md §3.4), once per CPU
+* QEMU with software emulation (TCG: KVM is unusable here, docs/boot.md), once per CPU
   model: qemu64 (baseline), Nehalem (x86-64-v2), Haswell (x86-64-v3), max. This one has a
   real kernel, module loading, a real root file system and a real power-off.
 
@@ -210,7 +210,7 @@ def run_guest(argv: Sequence[str], timeout: float, output: Path, boot: Boot) -> 
 @contextlib.contextmanager
 def nspawn_leftovers() -> Iterator[None]:
     """systemd-nspawn leaves /run/systemd/nspawn behind on a host whose /run is not a tmpfs
-    (research/boot.md §3.4); remove it if it was not there before."""
+    (docs/boot.md); remove it if it was not there before."""
     state = Path("/run/systemd/nspawn")
     existed = state.exists()
     try:
