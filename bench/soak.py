@@ -51,15 +51,15 @@ from pathlib import Path
 from types import FrameType
 
 from bench.run import HWCAPS_FS, Stats, gcc, quote_in_readme, rss_mb, wait_mounted
-from hwcaps_fs.core.levels import Architecture
+from hwcaps_fs.core.levels import X86_64, Architecture
 from hwcaps_fs.detect.cpu import DetectOptions, detect
+from tests import builders
 from tests.mounting import stop
 
 HERE = Path(__file__).resolve().parent
 
 #: Directory level of each build, lowest first, and its gcc -march.
-MARCH = {"baseline": "x86-64", "x86-64-v2": "x86-64-v2", "x86-64-v3": "x86-64-v3",
-         "x86-64-v4": "x86-64-v4"}
+MARCH = {level: builders.MARCH[level] for level in ("baseline", *X86_64.level_names)}
 
 #: The program: TAG's bytes are overwritten in each copy with "<name> <generation>", so that a
 #: new generation is a byte patch of the build rather than a compile. ``volatile`` keeps gcc
