@@ -14,7 +14,7 @@ DEMO ?= /var/tmp/hwcaps-fs-demo
 LEVELS := x86-64 x86-64-v2 x86-64-v3 x86-64-v4
 DEMO_CFLAGS := -O3 -ffast-math -mneeded
 
-.PHONY: deps apt venv demo demo-store test lint unit quick clean bench soak
+.PHONY: deps apt venv demo demo-store test lint unit quick clean bench soak man completion
 
 deps: apt venv
 
@@ -86,7 +86,15 @@ test: deps lint unit
 
 clean:
 	-$(BIN)/hwcaps-fs umount $(DEMO)/mnt 2>/dev/null
-	rm -rf $(DEMO) $(VENV) *.egg-info
+	rm -rf $(DEMO) $(VENV) *.egg-info build/man build/completion
+
+# The manual pages and the bash completion, generated from the parser (no venv needed: they
+# import only the standard library and hwcaps_fs, so a package build runs them too).
+man:
+	PYTHONPATH=. $(PYTHON) -m hwcaps_fs.commands.manpage build/man
+
+completion:
+	PYTHONPATH=. $(PYTHON) -m hwcaps_fs.commands.completion build/completion/hwcaps-fs
 
 # Benchmarks: write bench/results.md, and the summary of it that README.md quotes.
 bench: deps
@@ -121,9 +129,13 @@ UNITS := $(notdir $(wildcard systemd-units/*.mount systemd-units/*.service))
 BOOT_APT_PACKAGES := mmdebstrap systemd-container qemu-system-x86 e2fsprogs
 BOOT_TEST_ARGS ?=
 
-.PHONY: install install-python install-helpers install-units uninstall boot-deps boot-test
+MANDIR ?= $(PREFIX)/share/man
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 
-install: install-python install-helpers install-units
+.PHONY: install install-python install-helpers install-units install-docs uninstall boot-deps \
+        boot-test
+
+install: install-python install-helpers install-units install-docs
 
 install-python: apt
 	$(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
@@ -151,7 +163,16 @@ install-units:
 	        > "$(DESTDIR)$(UNITDIR)/$$unit" && chmod 644 "$(DESTDIR)$(UNITDIR)/$$unit"; \
 	done
 
+install-docs: man completion
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(COMPLETIONDIR)
+	install -m 644 build/man/hwcaps-fs.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 build/man/mount.hwcaps-fs.8 $(DESTDIR)$(MANDIR)/man8/
+	ln -sfn mount.hwcaps-fs.8 $(DESTDIR)$(MANDIR)/man8/mount.fuse.hwcaps-fs.8
+	install -m 644 build/completion/hwcaps-fs $(DESTDIR)$(COMPLETIONDIR)/hwcaps-fs
+
 uninstall:
+	rm -f $(DESTDIR)$(MANDIR)/man1/hwcaps-fs.1 $(DESTDIR)$(MANDIR)/man8/mount.hwcaps-fs.8 \
+	    $(DESTDIR)$(MANDIR)/man8/mount.fuse.hwcaps-fs.8 $(DESTDIR)$(COMPLETIONDIR)/hwcaps-fs
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) $(addprefix $(DESTDIR)$(SBINDIR)/,$(HELPERS))
 	rm -f $(DESTDIR)$(BINDIR)/hwcaps-fs
 	rm -rf $(DESTDIR)$(INSTALL_VENV)

@@ -2,7 +2,7 @@
 
 Every error hwcaps-fs raises on bad input is a :class:`HwcapsFsError`: the command line prints
 its message as one line on stderr and exits with its ``exit_code``; anything else is a bug.
-The codes are documented in README.md ("Exit status").
+The codes are listed in :data:`EXIT_STATUSES`, which hwcaps-fs(1) and README.md show.
 """
 
 from __future__ import annotations
@@ -38,6 +38,29 @@ class CommandNotFoundError(HwcapsFsError):
     exit_code = 127
 
 
+class CommandNotExecutableError(HwcapsFsError):
+    """``hwcaps-fs run`` found the command but could not execute it."""
+
+    exit_code = 126
+
+
 def show(path: str) -> str:
     """``path`` printable as UTF-8 (undecodable bytes as ``\\xNN``), for messages."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+#: Exit status for a bug (sysexits EX_SOFTWARE), so it is never mistaken for a user error.
+EXIT_INTERNAL = 70
+
+#: Every exit status of the command line, as its manual page lists them.
+EXIT_STATUSES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "check found errors; which found no usable candidate"),
+    (UsageError.exit_code, "bad command line, option, level name or configuration file"),
+    (PathError.exit_code, "ROOT or MOUNTPOINT missing, not a directory, or unreadable"),
+    (MountError.exit_code, "the mount could not be made or removed"),
+    (EXIT_INTERNAL, "internal error (a bug: please report it; HWCAPS_FS_DEBUG=1 shows the "
+                    "traceback)"),
+    (CommandNotExecutableError.exit_code, "run: the command cannot be executed"),
+    (CommandNotFoundError.exit_code, "run: the command is not found"),
+)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from hwcaps_fs.detect.cpu import DetectOptions, detect
 from tests.builders import gcc_available
 from tests.mounting import cleanup
+from tests.places import OthersPython, public_temporary_directory, python_for_others
 
 
 def can_mount_fuse() -> str | None:
@@ -62,6 +62,13 @@ def level() -> str:
     return detect(DetectOptions()).level
 
 
+@pytest.fixture(scope="session")
+def others_python() -> Iterator[OthersPython]:
+    """How ``nobody`` runs this checkout's ``python -m hwcaps_fs`` (see tests.places)."""
+    with python_for_others() as python:
+        yield python
+
+
 @pytest.fixture
 def store_fd(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """A one-script store (``bin/foo``) and a directory fd of it (no mount)."""
@@ -75,10 +82,10 @@ def store_fd(tmp_path: Path) -> Iterator[tuple[Path, int]]:
 
 @pytest.fixture
 def public(fuse_ok: None) -> Iterator[Path]:
-    """A directory every user can traverse (pytest's own are 0700), removed afterwards with
-    whatever is mounted at its ``mnt`` or ``store``."""
-    path = Path(tempfile.mkdtemp(prefix="hwcaps-fs-test-", dir="/tmp"))
-    path.chmod(0o755)
+    """A directory every user can traverse and where setuid programs work (see
+    :func:`public_temporary_directory`), removed afterwards with whatever is mounted at its
+    ``mnt`` or ``store``."""
+    path = public_temporary_directory("hwcaps-fs-test-")
     try:
         yield path
     finally:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bench import run as bench
+from hwcaps_fs.core.mount_options import DOCUMENTED
 
 TOP = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench results: start -->", "<!-- bench results: end -->"
@@ -35,3 +36,10 @@ def test_every_headline_is_in_the_results() -> None:
     rows = [line for line in bench.summary(lines) if line.startswith("| ")]
     measures = [row.split(" | ")[0].removeprefix("| ") for row in rows[1:]]
     assert measures == [headline.measure for headline in bench.HEADLINES]
+
+
+def test_readme_lists_every_mount_option() -> None:
+    text = (TOP / "README.md").read_text()
+    table = text[text.index("| `-o` option |"):].split("\n\n")[0]
+    for name, _ in DOCUMENTED:
+        assert f"`{name.partition('=')[0]}" in table, name

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from hwcaps_fs.store.scan import scan
 from hwcaps_fs.system.mountinfo import parse_mountinfo
 from tests.builders import compile_level, install
 from tests.mounting import DEADLINE, ENVIRONMENT
+from tests.places import OthersPython, public_temporary_directory
 
 VARIANTS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -69,8 +69,7 @@ def _host_mounts_under(area: Path) -> list[str]:
 def area() -> Iterator[Path]:
     """A directory every user can read (the non-root tests need it), torn down whatever
     happens: leftover processes killed, leftover mounts detached."""
-    path = Path(tempfile.mkdtemp(prefix="hwcaps-fs-run-test."))
-    path.chmod(0o755)
+    path = public_temporary_directory("hwcaps-fs-run-test.")
     try:
         yield path
     finally:
@@ -98,9 +97,11 @@ def served_path(store: Path, level: str) -> Path:
     return store / "glibc-hwcaps" / level / "bin" / "prog"
 
 
-def hwcaps_fs_run(root: Path, mountpoint: Path | None, *command: str) -> list[str]:
+def hwcaps_fs_run(root: Path, mountpoint: Path | None, *command: str,
+                  python: OthersPython | None = None) -> list[str]:
     where = [] if mountpoint is None else ["--mountpoint", str(mountpoint)]
-    return [sys.executable, "-m", "hwcaps_fs", "run", "--root", str(root), *where, "--",
+    interpreter = python.argv if python else [sys.executable]
+    return [*interpreter, "-m", "hwcaps_fs", "run", "--root", str(root), *where, "--",
             *command]
 
 
@@ -243,7 +244,8 @@ def test_without_fuse_in_place_links_through_a_private_bind(area: Path, store: P
 
 
 @mount
-def test_as_nobody_with_fuse_in_a_user_namespace(area: Path, store: Path, level: str) -> None:
+def test_as_nobody_with_fuse_in_a_user_namespace(area: Path, store: Path, level: str,
+                                                 others_python: OthersPython) -> None:
     skip_without_userns()
     view, dev = area / "view", area / "dev"
     view.mkdir()
@@ -251,22 +253,24 @@ def test_as_nobody_with_fuse_in_a_user_namespace(area: Path, store: Path, level:
     result = execute(["unshare", "--mount", "sh", "-c", FUSE_NODE_OF_MODE, "sh", str(dev), "666",
                       *NOBODY, *hwcaps_fs_run(store, view, "sh", "-c",
                                               f'id -u; "{view}/bin/prog"; '
-                                              f'findmnt -n -o FSTYPE "{view}"')])
+                                              f'findmnt -n -o FSTYPE "{view}"',
+                                              python=others_python)], others_python.env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["65534", level, "fuse.hwcaps-fs"]
     assert_nothing_left(area)
 
 
 @mount
-def test_as_nobody_without_fuse_in_a_user_namespace(area: Path, store: Path,
-                                                    level: str) -> None:
+def test_as_nobody_without_fuse_in_a_user_namespace(area: Path, store: Path, level: str,
+                                                    others_python: OthersPython) -> None:
     skip_without_userns()
     view, dev = area / "view", area / "dev"
     view.mkdir()
     dev.mkdir()
     result = execute(["unshare", "--mount", "sh", "-c", FUSE_NODE_OF_MODE, "sh", str(dev), "600",
                       *NOBODY, *hwcaps_fs_run(store, view, "sh", "-c",
-                                              f'"{view}/bin/prog"; findmnt -n -o FSTYPE "{view}"')])
+                                              f'"{view}/bin/prog"; findmnt -n -o FSTYPE "{view}"',
+                                              python=others_python)], others_python.env)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
         fallback_line(store, view, "/dev/fuse: Permission denied")]
@@ -280,6 +284,12 @@ def confined(*argv: str) -> subprocess.CompletedProcess[str]:
                            capture_output=True, text=True, check=False)
     if probe.returncode:
         pytest.skip(f"cannot create a user namespace: {probe.stderr.strip()}")
+    # A container typically mounts /proc/sys read-only: user namespaces cannot be forbidden.
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c",
+                            "echo 0 > /proc/sys/user/max_user_namespaces"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode:
+        pytest.skip(f"cannot forbid user namespaces here: {probe.stderr.strip()}")
     return execute(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", CONFINED,
                     "sh", *argv])
 
@@ -364,7 +374,17 @@ def test_sigterm_reaches_the_command(area: Path, store: Path) -> None:
 def test_command_not_found_is_one_line_and_127(area: Path, store: Path) -> None:
     result = execute(hwcaps_fs_run(store, area / "view", "hwcaps-fs-no-such-command"))
     assert result.returncode == 127
-    assert result.stderr == "hwcaps-fs: run: command not found: hwcaps-fs-no-such-command\n"
+    assert result.stderr == ("hwcaps-fs: run: command not found: hwcaps-fs-no-such-command "
+                             "(looked in PATH and in the view's bin/ and sbin/)\n")
+    assert_nothing_left(area)
+
+
+@mount
+def test_a_name_of_the_view_is_found_without_path(area: Path, store: Path, level: str) -> None:
+    """The first thing a user tries: ``run --root STORE -- prog``, the view not on PATH."""
+    for view in (area / "view", None):
+        result = execute(hwcaps_fs_run(store, view, "prog"))
+        assert (result.returncode, result.stdout, result.stderr) == (0, f"{level}\n", "")
     assert_nothing_left(area)
 
 

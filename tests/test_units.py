@@ -218,9 +218,23 @@ def test_helper_names_where_it_looked(tmp_path: Path) -> None:
         pytest.skip("hwcaps-fs is installed here: the helper would find and run it")
     helper = configured_helper(tmp_path / "sbin", tmp_path / "missing")
     result = run_helper(helper, "/srv/store", "/srv/view")
-    assert result.returncode == 1
+    assert result.returncode == 32
     assert result.stderr == ("mount.hwcaps-fs: hwcaps-fs is not installed (looked for: "
                              f"{tmp_path}/missing/hwcaps-fs {' '.join(known)})\n")
+
+
+@pytest.mark.parametrize(("status", "mount8_status"),
+                         [(0, 0), (2, 1), (3, 32), (4, 32), (70, 32), (1, 32)])
+def test_helper_gives_mount8_its_own_exit_codes(tmp_path: Path, status: int,
+                                                mount8_status: int) -> None:
+    """mount(8) passes a helper's status on, and reads hwcaps-fs's own codes as something
+    else (2 "system error", 4 "internal mount bug"): usage is 1, every failure 32."""
+    program = tmp_path / "hwcaps-fs"
+    program.write_text(f"#!/bin/sh\necho 'hwcaps-fs: a failure' >&2\nexit {status}\n")
+    program.chmod(0o755)
+    result = run_helper(configured_helper(tmp_path / "sbin", tmp_path), "/srv/store", "/srv/v")
+    assert result.returncode == mount8_status
+    assert result.stderr == "hwcaps-fs: a failure\n"
 
 
 # -- real mounts through mount(8) --------------------------------------------------------------
@@ -329,7 +343,7 @@ def test_mount8_failure_is_one_line_and_nothing_is_left(helpers_in_sbin: None,
     result = subprocess.run(["/usr/bin/mount", "-t", "hwcaps-fs", str(tmp_path / "no-store"),
                              str(mountpoint)], capture_output=True, text=True, timeout=60,
                             env={})
-    assert result.returncode != 0
+    assert result.returncode == 32  # mount(8)'s "mount failure"
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "no-store" in result.stderr
     assert mountinfo_fstype(mountpoint) is None

@@ -11,21 +11,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 from hwcaps_fs import __version__
 from hwcaps_fs.commands import report
 from hwcaps_fs.commands.check import Severity, check
 from hwcaps_fs.core.model import Layout, Store
+from hwcaps_fs.core.mount_options import ALWAYS, DOCUMENTED
 from hwcaps_fs.core.resolve import resolve
 from hwcaps_fs.detect.cpu import Detection, DetectOptions, detect
-from hwcaps_fs.errors import HwcapsFsError, UsageError
+from hwcaps_fs.errors import EXIT_INTERNAL, HwcapsFsError, UsageError
 from hwcaps_fs.store.scan import scan
-
-#: Exit status for a bug (sysexits EX_SOFTWARE), so it is never mistaken for a user error.
-EXIT_INTERNAL = 70
-COMMANDS = ("levels", "which", "check", "mount", "umount", "run")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,56 +61,174 @@ def _json_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+@dataclass(frozen=True)
+class Command:
+    """What ``--help`` and the man page say about a command."""
+
+    summary: str
+    description: str
+    examples: tuple[tuple[str, str], ...]
+
+
+DESCRIPTION = ("glibc-hwcaps for executables: a read-only FUSE view of a bin directory in which "
+               "every name runs the best build this CPU supports, with glibc's rules.")
+
+#: Every command, in the order --help lists them.
+COMMANDS: dict[str, Command] = {
+    "levels": Command(
+        "show the CPU's levels and how they were found",
+        "Show every level of this architecture, whether the CPU supports it and whether it is "
+        "searched, the level in effect, and each detection step: overrides, then the system's "
+        "dynamic loader, else /proc/cpuinfo and the aux vector.",
+        (("hwcaps-fs levels", "the level this machine serves, and why"),
+         ("hwcaps-fs levels --json", "the same as fields for tools"),
+         ("hwcaps-fs levels --cpuinfo cpuinfo.txt", "the level of the machine cpuinfo.txt "
+                                                     "comes from"))),
+    "which": Command(
+        "show what RELPATH serves and why others were skipped",
+        "Show the candidate the view of ROOT serves for RELPATH on this machine, and why each "
+        "higher one was skipped. Exit status 1 when no candidate is usable.",
+        (("hwcaps-fs which /opt/hwcaps bin/foo", "the build /opt/hwcaps/bin/foo runs here"),
+         ("hwcaps-fs which --level x86-64-v2 /opt/hwcaps bin/foo", "the one an x86-64-v2 "
+                                                                     "machine runs"))),
+    "check": Command(
+        "lint a store for packaging errors",
+        "Lint a store as the view would serve it to root: variants without a baseline, builds "
+        "for another machine or a higher level than their directory, files or directories a "
+        "non-root user could change. Exit status 1 when there are errors.",
+        (("hwcaps-fs check /opt/hwcaps", "one line per finding, then a summary"),
+         ("hwcaps-fs check --json /opt/hwcaps", "the findings as fields"))),
+    "mount": Command(
+        "mount the view",
+        "Mount the view of ROOT at MOUNTPOINT: the merged tree, read-only, each name the best "
+        "build this CPU runs. Without ROOT the directory is mounted over itself (in place). "
+        "The command returns once the view is served, the daemon left in the background; "
+        "with --foreground it serves until unmounted, and under systemd it sends READY=1 "
+        "and STATUS= once serving.",
+        (("hwcaps-fs mount --root /opt/hwcaps /opt/hwcaps-view", "the view of a store"),
+         ("hwcaps-fs mount /opt/hwcaps /opt/hwcaps-view", "the same, in mount(8)'s order"),
+         ("hwcaps-fs mount -o auto_unmount /opt/hwcaps", "in place, removed if the daemon "
+                                                         "dies"))),
+    "umount": Command(
+        "unmount a view",
+        "Unmount the view at MOUNTPOINT; its daemon then exits.",
+        (("hwcaps-fs umount /opt/hwcaps-view", ""),)),
+    "run": Command(
+        "mount the view, then exec CMD (a container entrypoint)",
+        "Make the view of ROOT appear (a FUSE mount in a private mount namespace, else a "
+        "directory of symlinks), then exec CMD, which keeps the process: its signals and exit "
+        "status are CMD's. CMD is looked up in PATH, then in the view's bin/ and sbin/. The "
+        "view goes when CMD ends.",
+        (("hwcaps-fs run --root /opt/app -- hwcaps-demo", "the best build of hwcaps-demo"),
+         ("hwcaps-fs run --root /opt/app --mountpoint /opt/app-view -- sh", "a shell with the "
+                                                                            "view in place"))),
+}
+
+
+def _paragraph(text: str) -> str:
+    return textwrap.fill(text, width=78, break_on_hyphens=False)
+
+
+def examples_text(command: Command) -> str:
+    lines = ["examples:"]
+    for line, what in command.examples:
+        lines.append(f"  {line}")
+        if what:
+            lines.append(f"      {what}")
+    return "\n".join(lines)
+
+
+def mount_options_text() -> str:
+    """The ``-o`` table, as mount --help shows it."""
+    width = max(len(name) for name, _ in DOCUMENTED) + 2
+    rows = [textwrap.fill(meaning, width=78, initial_indent="  " + name.ljust(width),
+                          subsequent_indent=" " * (width + 2), break_on_hyphens=False)
+            for name, meaning in DOCUMENTED]
+    return "\n".join(["mount options (-o, comma-separated):", *rows, _paragraph(ALWAYS)])
+
+
+def _add_command(commands: argparse._SubParsersAction[_Parser], name: str,
+                 parents: Sequence[_Parser] = (), epilog: str = ""
+                 ) -> _Parser:
+    command = COMMANDS[name]
+    return commands.add_parser(
+        name, parents=parents, help=command.summary,
+        description=_paragraph(command.description),
+        epilog="\n\n".join(filter(None, [epilog, examples_text(command)])),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     detect_parent = _detect_arguments()
-    parser = _Parser(
-        prog="hwcaps-fs",
-        description="glibc-hwcaps for executables: each name runs the best build this CPU can.",
-    )
+    parser = _Parser(prog="hwcaps-fs", description=_paragraph(DESCRIPTION),
+                     epilog=_paragraph("'hwcaps-fs COMMAND --help' describes each command, with "
+                                       "examples. Manual pages: hwcaps-fs(1), "
+                                       "mount.hwcaps-fs(8)."),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    levels = commands.add_parser("levels", parents=[detect_parent],
-                                 help="show the CPU's levels and how they were found")
+    levels = _add_command(commands, "levels", [detect_parent])
     _json_argument(levels)
 
-    which = commands.add_parser("which", parents=[detect_parent],
-                                help="show what RELPATH serves and why others were skipped")
-    which.add_argument("root", metavar="ROOT")
-    which.add_argument("relpath", metavar="RELPATH")
+    which = _add_command(commands, "which", [detect_parent])
+    which.add_argument("root", metavar="ROOT", help="the store")
+    which.add_argument("relpath", metavar="RELPATH", help="a name in the view, as bin/foo")
     _layout_argument(which)
     _json_argument(which)
 
-    check = commands.add_parser("check", parents=[detect_parent],
-                                help="lint a store for packaging errors")
-    check.add_argument("root", metavar="ROOT")
+    check = _add_command(commands, "check", [detect_parent])
+    check.add_argument("root", metavar="ROOT", help="the store")
     _layout_argument(check)
     _json_argument(check)
 
-    mount = commands.add_parser("mount", parents=[detect_parent], help="mount the view")
+    mount = _add_command(commands, "mount", [detect_parent], epilog=mount_options_text())
     mount.add_argument("--root", metavar="ROOT", help="the store (default: MOUNTPOINT, in place)")
     mount.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                       help="comma-separated mount options (see README.md)")
+                       help="comma-separated mount options (listed below)")
     mount.add_argument("-f", "--foreground", action="store_true",
                        help="serve in the foreground (sends READY=1 to $NOTIFY_SOCKET)")
-    mount.add_argument("paths", nargs="+", metavar="[ROOT] MOUNTPOINT",
-                       help="as mount(8): ROOT MOUNTPOINT is --root ROOT MOUNTPOINT")
+    mount.add_argument("source", nargs="?", metavar="ROOT",
+                       help="the store, as --root (mount(8)'s order: ROOT MOUNTPOINT)")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the view appears")
     _layout_argument(mount)
 
-    umount = commands.add_parser("umount", help="unmount a view")
-    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount = _add_command(commands, "umount")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the view is mounted")
 
-    run = commands.add_parser("run", parents=[detect_parent],
-                              help="mount the view, then exec CMD (a container entrypoint)")
+    run = _add_command(commands, "run", [detect_parent], epilog=mount_options_text())
     run.add_argument("--root", metavar="ROOT", required=True, help="the store")
     run.add_argument("--mountpoint", metavar="DIR",
                      help="where the view appears (default: a private directory)")
     run.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                     help="comma-separated mount options (see README.md)")
+                     help="comma-separated mount options (listed below)")
     _layout_argument(run)
-    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+                     help="the command to exec once the view is there")
     return parser
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The command parsers of ``parser``, by name, in the order they were added (for the
+    man page, the completion and their tests)."""
+    # argparse keeps them in the action that add_subparsers() returned (no public accessor).
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def option_label(action: argparse.Action) -> str:
+    """``-o OPTS``, ``--level LEVEL, --max-level LEVEL``, ``--json``: as --help shows it."""
+    if not action.option_strings:
+        return str(action.metavar or action.dest)
+    if action.nargs == 0:
+        return ", ".join(action.option_strings)
+    metavar = action.metavar or action.dest.upper()
+    if action.choices is not None and action.metavar is None:
+        metavar = "|".join(map(str, action.choices))
+    return ", ".join(f"{option} {metavar}" for option in action.option_strings)
 
 
 def _mount_helper_form(argv: Sequence[str]) -> list[str]:
@@ -171,7 +288,7 @@ def _run_mount(args: argparse.Namespace) -> int:
     from hwcaps_fs.system.preflight import MountConfig
 
     options = parse_mount_options(args.options, is_root=os.geteuid() == 0)
-    root, mountpoint = _root_and_mountpoint(args.root, args.paths)
+    root, mountpoint = _root_and_mountpoint(args.root, args.source, args.mountpoint)
     config = MountConfig(
         root=root,
         mountpoint=mountpoint,
@@ -184,14 +301,12 @@ def _run_mount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _root_and_mountpoint(root: str | None, paths: list[str]) -> tuple[str, str]:
+def _root_and_mountpoint(option: str | None, source: str | None,
+                         mountpoint: str) -> tuple[str, str]:
     """``[--root ROOT] MOUNTPOINT``, or ``ROOT MOUNTPOINT`` in mount(8)'s order."""
-    if len(paths) == 1:
-        return root or paths[0], paths[0]
-    if len(paths) == 2 and root is None:
-        return paths[0], paths[1]
-    raise UsageError(f"mount: expected [--root ROOT] MOUNTPOINT or ROOT MOUNTPOINT, got "
-                     f"{' '.join(paths)}" + (f" with --root {root}" if root else ""))
+    if option is not None and source is not None:
+        raise UsageError(f"mount: ROOT given twice (--root {option} and {source})")
+    return option or source or mountpoint, mountpoint
 
 
 def _run_umount(args: argparse.Namespace) -> int:

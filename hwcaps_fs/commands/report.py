@@ -29,18 +29,41 @@ def emit(report: Report, as_json: bool) -> None:
         print("\n".join(report.text))
 
 
-def _level_state(detection: Detection, name: str) -> str:
+#: The version of the JSON outputs' fields: raised when a field changes meaning or goes away
+#: (adding one does not). The fields are documented in docs/json.md.
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class LevelState:
+    """Where one level stands on this machine."""
+
+    supported: bool
+    searched: bool
+    decided_by: str
+
+    def phrase(self) -> str:
+        if self.supported and self.searched:
+            return "supported, searched"
+        if self.supported:
+            return f"supported, not searched (capped by {self.decided_by})"
+        if self.searched:
+            return f"NOT supported, searched (forced by {self.decided_by})"
+        return "not supported"
+
+    def data(self) -> dict[str, Any]:
+        return {"supported": self.supported, "searched": self.searched,
+                "capped_by": self.decided_by if self.supported and not self.searched else None,
+                "forced_by": self.decided_by if self.searched and not self.supported else None,
+                "state": self.phrase()}
+
+
+def _level_state(detection: Detection, name: str) -> LevelState:
     arch = detection.architecture
     rank = arch.rank(name)
-    supported = rank <= arch.rank(detection.hardware_level)
-    searched = rank <= arch.rank(detection.level)
-    if supported and searched:
-        return "supported, searched"
-    if supported:
-        return f"supported, not searched (capped by {detection.decided_by})"
-    if searched:
-        return f"NOT supported, searched (forced by {detection.decided_by})"
-    return "not supported"
+    return LevelState(supported=rank <= arch.rank(detection.hardware_level),
+                      searched=rank <= arch.rank(detection.level),
+                      decided_by=detection.decided_by)
 
 
 def levels(detection: Detection) -> Report:
@@ -56,7 +79,7 @@ def levels(detection: Detection) -> Report:
     text = [f"Architecture: {arch.name}" + (f" (archspec: {uarch})" if uarch else "")]
     if names:
         text.append("Levels, highest priority first:")
-        text += [f"  {name:<12} {states[name]}" for name in names]
+        text += [f"  {name:<12} {states[name].phrase()}" for name in names]
     else:
         text.append("This architecture has no glibc-hwcaps levels: only the baseline is served.")
     text.append(f"Level in effect: {detection.level} (decided by {detection.decided_by})")
@@ -68,9 +91,10 @@ def levels(detection: Detection) -> Report:
     text += [f"warning: {warning}" for warning in detection.warnings]
 
     data = {
+        "schema": SCHEMA,
         "architecture": arch.name,
         "microarchitecture": detection.microarchitecture,
-        "levels": [{"name": name, "state": states[name]} for name in names],
+        "levels": [{"name": name, **states[name].data()} for name in names],
         "hardware_level": detection.hardware_level,
         "level": detection.level,
         "decided_by": detection.decided_by,
@@ -106,6 +130,7 @@ def which(detection: Detection, store: Store, resolution: Resolution) -> Report:
     text.append(f"  (level in effect: {detection.level}, decided by {detection.decided_by}; "
                 f"layout: {store.layout.value})")
     data = {
+        "schema": SCHEMA,
         "relpath": resolution.relpath,
         "served": _candidate_data(served) if served else None,
         "skipped": [{**_candidate_data(skip.candidate), "reason": skip.reason}
@@ -126,6 +151,7 @@ def check(store: Store, findings: list[Finding]) -> Report:
     text.append(f"{store.root}: {len(store.files)} names, {errors} errors, {warnings} warnings "
                 f"(layout: {store.layout.value})")
     data = {
+        "schema": SCHEMA,
         "root": store.root,
         "layout": store.layout.value,
         "names": len(store.files),

@@ -52,8 +52,8 @@ from hwcaps_fs.core.mount_options import MountOptions
 from hwcaps_fs.core.resolve import resolve_store
 from hwcaps_fs.detect.cpu import DetectOptions, detect
 from hwcaps_fs.errors import (
+    CommandNotExecutableError,
     CommandNotFoundError,
-    HwcapsFsError,
     MountError,
     PathError,
     UsageError,
@@ -83,12 +83,6 @@ POLL_SECONDS = 0.02
 PYTHON_IGNORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
-class CommandNotExecutableError(HwcapsFsError):
-    """CMD was found but could not be executed (the shell's 126)."""
-
-    exit_code = 126
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """What ``hwcaps-fs run`` was asked. ``mountpoint`` None: a private directory, told to
@@ -116,15 +110,25 @@ def run(config: RunConfig) -> NoReturn:
     environ = dict(os.environ)
     if mountpoint is None:
         environ[VIEW_VARIABLE] = view
-    _become(config.command, environ)
+    _become(config.command, environ, view)
 
 
-def _become(command: list[str], environ: dict[str, str]) -> NoReturn:
-    """Exec ``command``, looked up in the caller's PATH now that the view is there."""
+#: Where in the view a command name is looked for when PATH does not have it.
+VIEW_BIN_DIRS = ("bin", "sbin")
+
+
+def _become(command: list[str], environ: dict[str, str], view: str) -> NoReturn:
+    """Exec ``command``, looked up in the caller's PATH now that the view is there, else (a
+    name, not a path) in the view's bin directories: ``run --root ROOT -- NAME`` runs ROOT's
+    NAME whether or not PATH names the view."""
     name = command[0]
     path = shutil.which(name, path=environ.get("PATH", os.defpath))
+    if path is None and os.sep not in name:
+        in_view = os.pathsep.join(os.path.join(view, sub) for sub in VIEW_BIN_DIRS)
+        path = shutil.which(name, path=in_view)
     if path is None:
-        raise CommandNotFoundError(f"run: command not found: {name}")
+        raise CommandNotFoundError(f"run: command not found: {name} (looked in PATH and in "
+                                   f"the view's {' and '.join(d + '/' for d in VIEW_BIN_DIRS)})")
     for signum in PYTHON_IGNORED_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     try:

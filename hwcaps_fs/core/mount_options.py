@@ -106,6 +106,31 @@ CHOICES: dict[str, type[enum.Enum]] = {
 }
 
 
+#: The ``-o`` options a user may give, as ``mount --help`` and mount.hwcaps-fs(8) list them
+#: (tests check that this table and the parser below agree).
+DOCUMENTED: tuple[tuple[str, str], ...] = (
+    ("allow_other", "every user may use the view (the default when root: a bin directory is "
+                    "for everyone)"),
+    ("auto_unmount", "if the daemon dies, the mount is removed and the plain directory is back"),
+    ("noexec", "programs in the view cannot be executed (exec undoes it)"),
+    ("debug", "libfuse logs every request on stderr; the daemon stays attached to it"),
+    ("level=LEVEL", "cap the level served, as --level"),
+    ("layout=glibc|loader", "the store layout, as --layout (default: detected)"),
+    ("presentation=files|symlinks", "names are regular files (the default: /proc/self/exe, "
+                                    "argv[0] and $ORIGIN keep the mounted path) or symlinks to "
+                                    "the served file"),
+    ("xattr=on|off", "off declines extended attributes once for all: ls -l gets much cheaper, "
+                     "user.hwcaps.* goes away"),
+    ("fsname=NAME", "the source /proc/mounts shows (default: hwcaps-fs)"),
+    ("subtype=NAME", "the type /proc/mounts shows is fuse.NAME (default: hwcaps-fs)"),
+)
+
+#: Said after the table: what no option changes.
+ALWAYS = ("Always in force: ro, nosuid, nodev, default_permissions. The generic words mount(8), "
+          "fstab and systemd add (rw, dev, suid, defaults, _netdev, nofail, x-systemd.*, ...) "
+          "are accepted and ignored; anything else is refused with one line.")
+
+
 def _choice(kind: type[_Choice], name: str, value: str) -> _Choice:
     try:
         return kind(value)
