@@ -101,6 +101,8 @@ class Mount:
     path: Path
     process: subprocess.Popen[bytes]
     log: Path
+    #: what it sent to $NOTIFY_SOCKET once serving (READY=1 and STATUS=)
+    notified: str = ""
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -121,12 +123,13 @@ def _ready_socket(directory: Path) -> socket.socket:
     return sock
 
 
-def _wait_ready(sock: socket.socket, process: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_ready(sock: socket.socket, process: subprocess.Popen[bytes], log: Path) -> str:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         try:
-            if b"READY=1" in sock.recv(4096):
-                return
+            message = sock.recv(4096)
+            if b"READY=1" in message:
+                return message.decode(errors="replace")
         except TimeoutError:
             pass
         if process.poll() is not None:
@@ -148,9 +151,10 @@ def stop(process: subprocess.Popen[bytes], timeout: float = DEADLINE) -> None:
 
 @contextlib.contextmanager
 def mounted(root: Path, mountpoint: Path, *args: str, env: dict[str, str] | None = None,
-            prefix: tuple[str, ...] = ()) -> Iterator[Mount]:
+            prefix: tuple[str, ...] = (), journal: bool = False) -> Iterator[Mount]:
     """``hwcaps-fs mount --foreground --root ROOT [args] MOUNTPOINT`` for the ``with`` body,
-    run through ``prefix`` (``setpriv ...``) when given."""
+    run through ``prefix`` (``setpriv ...``) when given; with ``journal``, its stderr is
+    named by $JOURNAL_STREAM, as systemd does when stderr is the journal."""
     work = mountpoint.parent / f".{mountpoint.name}.daemon"
     work.mkdir(exist_ok=True)
     log = work / "stderr"
@@ -159,11 +163,14 @@ def mounted(root: Path, mountpoint: Path, *args: str, env: dict[str, str] | None
                "--root", str(root), *args, str(mountpoint)]
     environment = {**ENVIRONMENT, **(env or {}), "NOTIFY_SOCKET": str(work / "notify.sock")}
     with log.open("wb") as stderr:
+        if journal:
+            named = os.fstat(stderr.fileno())
+            environment["JOURNAL_STREAM"] = f"{named.st_dev}:{named.st_ino}"
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr,
                                    stderr=stderr, env=environment, cwd="/")
     try:
-        _wait_ready(sock, process, log)
-        yield Mount(mountpoint, process, log)
+        notified = _wait_ready(sock, process, log)
+        yield Mount(mountpoint, process, log, notified)
     finally:
         sock.close()
         stop(process)

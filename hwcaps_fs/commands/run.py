@@ -267,7 +267,7 @@ def _mount_fuse(config: RunConfig, top: str, cleanup: contextlib.ExitStack) -> N
     cleanup.callback(_end_children)  # also reaps a daemon that failed to mount
     mount(MountConfig(root=config.root, mountpoint=top, options=config.mount_options,
                       detect_options=config.detect_options, layout=config.layout,
-                      foreground=False))
+                      foreground=False), stderr_fallback=True)
     cleanup.callback(namespaces.detach, top)
 
 

@@ -30,7 +30,7 @@ import trio
 from hwcaps_fs.core.model import Store
 from hwcaps_fs.core.resolve import Resolution, Target, resolve_store
 from hwcaps_fs.core.view import InodeNumbers, View, build_view, is_privileged
-from hwcaps_fs.detect.cpu import detect
+from hwcaps_fs.detect.cpu import Detection, detect
 from hwcaps_fs.errors import MountError, PathError
 from hwcaps_fs.fuse.backing import BackingFiles
 from hwcaps_fs.fuse.operations import HwcapsOperations
@@ -46,6 +46,26 @@ log = logging.getLogger(__name__)
 # -- the daemon's state ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What a view serves, as the log at start and systemd's ``STATUS=`` say it."""
+
+    root: str
+    mountpoint: str
+    level: str
+    decided_by: str
+    names: int
+    #: How an exec reaches the served file, when a fast path can say (None: not said).
+    exec_path: str | None = None
+
+    def status(self) -> str:
+        where = (self.mountpoint if self.root == self.mountpoint
+                 else f"{self.root} at {self.mountpoint}")
+        text = (f"serving {where}: level {self.level} (decided by {self.decided_by}), "
+                f"{self.names} names")
+        return text + (f", exec path: {self.exec_path}" if self.exec_path else "")
+
+
 @dataclass
 class _Daemon:
     """What the running daemon holds: the ROOT fd, the store, the view's inputs and the
@@ -53,6 +73,7 @@ class _Daemon:
 
     paths: MountPaths
     root_fd: int
+    detection: Detection
     target: Target
     store: Store
     link_base: str | None
@@ -64,6 +85,10 @@ class _Daemon:
             if message not in self.logged:
                 self.logged.add(message)
                 log.warning("%s", message)
+
+    def serving(self) -> Serving:
+        return Serving(self.paths.root, self.paths.mountpoint, self.detection.level,
+                       self.detection.decided_by, len(self.store.files))
 
     def view(self) -> View:
         """Resolve the whole store and build the view (pure work, a few ms per thousand
@@ -112,13 +137,13 @@ def _prepare(paths: MountPaths, root_fd: int) -> _Daemon:
     link_base: str | None = paths.root
     if paths.in_place:
         link_base = bind_underlying(root_fd, paths.mountpoint) if is_root else None
-    daemon = _Daemon(paths, root_fd, target, store, link_base)
+    daemon = _Daemon(paths, root_fd, detection, target, store, link_base)
     daemon.warn_once(store.warnings)
     if link_base is None and any(is_privileged(candidate) for found in store.files.values()
                                  for candidate in found.values()):
         log.warning("setuid/setgid/capability programs are served as plain files and lose "
                     "their privileges (an in-place mount needs root to present them as links)")
-    log.info("serving %s on %s at level %s", paths.root, paths.mountpoint, detection.level)
+    log.info("%s", daemon.serving().status())
     return daemon
 
 
@@ -153,11 +178,11 @@ async def _follow_changes(daemon: _Daemon, watcher: Watcher, ops: HwcapsOperatio
 
 
 async def _serve(daemon: _Daemon, watcher: Watcher, ops: HwcapsOperations,
-                 ready: Callable[[], None], stopped: list[int]) -> None:
+                 ready: Callable[[Serving], None], stopped: list[int]) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_stop_on_signals, stopped)
         nursery.start_soon(_follow_changes, daemon, watcher, ops)
-        ready()
+        ready(daemon.serving())
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -187,9 +212,9 @@ def _mounted(paths: MountPaths, ops: HwcapsOperations) -> Iterator[list[int]]:
         pyfuse3.close(unmount=bool(stopped) and still_mounted)
 
 
-def serve(paths: MountPaths, ready: Callable[[], None]) -> None:
+def serve(paths: MountPaths, ready: Callable[[Serving], None]) -> None:
     """Prepare, mount, serve until unmounted or signalled, clean up; ``ready`` is called once
-    the mount serves."""
+    the mount serves, with what it serves."""
     os.chdir("/")
     _raise_file_limit()
     root_fd = _open_root(paths.root)

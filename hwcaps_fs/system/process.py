@@ -1,4 +1,5 @@
-"""The daemon as a process: where its logs go, sd_notify, detaching, and the wait for it.
+"""The daemon as a process: sd_notify, detaching (its logs then go where
+:mod:`hwcaps_fs.system.logs` says), and the wait for it.
 
 ``mount`` returns only once the mount serves: mount(8) and mount.fuse3 wait for the command to
 exit, and what runs next at boot may exec through the mount. :func:`start_detached` forks
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import logging.handlers
 import os
 import socket
-import sys
 from collections.abc import Callable
 
 from hwcaps_fs.errors import HwcapsFsError, MountError
 from hwcaps_fs.system import handshake
+from hwcaps_fs.system.logs import keep_stderr, log_detached
 
 log = logging.getLogger(__name__)
 
@@ -26,36 +26,21 @@ log = logging.getLogger(__name__)
 EXIT_INTERNAL = 70
 
 
-def log_to_stderr(level: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("hwcaps-fs[%(process)d]: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
-def log_to_syslog() -> None:
-    """After detaching, warnings go to syslog (journald's /dev/log), if there is one."""
-    root = logging.getLogger()
-    if not os.path.exists("/dev/log"):
-        root.handlers[:] = [logging.NullHandler()]
-        return
-    handler = logging.handlers.SysLogHandler(
-        "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-    handler.setFormatter(logging.Formatter("hwcaps-fs[%(process)d]: %(message)s"))
-    root.handlers[:] = [handler]
-
-
 def notify(message: str) -> None:
-    """Send ``message`` to systemd's $NOTIFY_SOCKET (sd_notify), if there is one."""
+    """Send ``message`` to systemd's $NOTIFY_SOCKET (sd_notify), if there is one. A socket
+    that is gone (the service manager stopped listening) is logged, never an error: the
+    view being served matters more than telling about it."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.info("cannot notify %s: %s", address, exc.strerror)
 
 
 def _detach_stdio() -> None:
@@ -69,7 +54,7 @@ def _detach_stdio() -> None:
 Work = Callable[[Callable[[], None]], None]
 
 
-def _daemon(work: Work, to_parent: int, keep_stdio: bool) -> int:
+def _daemon(work: Work, to_parent: int, keep_stdio: bool, stderr_fallback: bool) -> int:
     """The daemon process: run ``work``, telling ``to_parent`` once it serves, or its error
     (which, once the parent has been told, can only be logged)."""
     told = False
@@ -83,8 +68,9 @@ def _daemon(work: Work, to_parent: int, keep_stdio: bool) -> int:
     def ready() -> None:
         tell("ready")
         if not keep_stdio:
+            fallback = keep_stderr() if stderr_fallback else None
             _detach_stdio()
-            log_to_syslog()
+            log_detached(fallback)
 
     try:
         work(ready)
@@ -101,17 +87,20 @@ def _daemon(work: Work, to_parent: int, keep_stdio: bool) -> int:
     return 0
 
 
-def start_detached(work: Work, *, keep_stdio: bool, what: str) -> None:
+def start_detached(work: Work, *, keep_stdio: bool, what: str,
+                   stderr_fallback: bool = False) -> None:
     """Run ``work`` in a detached daemon (its own session, adopted by init or a subreaper) and
     return once it called ready; raise the error it reported otherwise. ``keep_stdio`` keeps
-    its stderr (``debug``); ``what`` names the mount in the message of a daemon that died."""
+    its stdio (``debug``); ``stderr_fallback`` keeps its stderr for the log where there is
+    no syslog (``run``: see :mod:`hwcaps_fs.system.logs`); ``what`` names the mount in the
+    message of a daemon that died."""
     from_child, to_parent = os.pipe()
     first = os.fork()
     if first == 0:
         os.close(from_child)
         os.setsid()
         if os.fork() == 0:
-            code = _daemon(work, to_parent, keep_stdio)
+            code = _daemon(work, to_parent, keep_stdio, stderr_fallback)
             logging.shutdown()
             os._exit(code)
         os._exit(0)

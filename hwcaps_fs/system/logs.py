@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import socket
 import sys
 from typing import TextIO
 
@@ -83,18 +84,29 @@ def keep_stderr() -> TextIO:
     return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, errors="backslashreplace")
 
 
+def _syslog_answers() -> bool:
+    """Whether something listens on ``/dev/log`` (SysLogHandler does not say: it swallows a
+    failure to connect and then drops every record)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+        try:
+            probe.connect(SYSLOG_SOCKET)
+        except OSError:
+            return False
+    return True
+
+
 def log_detached(fallback: TextIO | None) -> None:
     """After detaching: syslog (``/dev/log``) if it answers, else ``fallback`` (the stderr
     kept by :func:`keep_stderr`), else nothing."""
-    root = logging.getLogger()
     handler: logging.Handler
-    try:
+    if _syslog_answers():
         handler = logging.handlers.SysLogHandler(
             SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter(f"{NAME}[%(process)d]: %(message)s"))
-    except OSError:  # no syslog here (a container, a minimal system)
-        handler = stream_handler(fallback) if fallback is not None else logging.NullHandler()
+    elif fallback is not None:
+        handler = stream_handler(fallback)
     else:
-        if fallback is not None:
-            fallback.close()
-    root.handlers[:] = [handler]
+        handler = logging.NullHandler()
+    if fallback is not None and not isinstance(handler, logging.StreamHandler):
+        fallback.close()
+    logging.getLogger().handlers[:] = [handler]
