@@ -19,6 +19,8 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from hwcaps_fs.core.levels import ARCHITECTURES
+
 ELF_MAGIC = b"\x7fELF"
 EI_CLASS = 4
 EI_DATA = 5
@@ -37,6 +39,19 @@ GNU_PROPERTY_X86_ISA_1_NEEDED = 0xC0008002
 #: The kernel refuses executables whose program header table is larger than this
 #: (``fs/binfmt_elf.c``: ``e_phnum > 65536U / sizeof(struct elf_phdr)``).
 MAX_PHDR_TABLE = 65536
+
+#: ``e_machine`` values of other machines a Linux distribution may meet, named for messages (the
+#: architectures of :mod:`hwcaps_fs.core.levels` name their own).
+OTHER_MACHINES: dict[int, str] = {2: "sparc", 8: "mips", 20: "ppc", 43: "sparc64"}
+
+
+def machine_name(e_machine: int) -> str:
+    """An ELF ``e_machine`` as the tables call it, with the number for an unknown one."""
+    for arch in ARCHITECTURES:
+        if arch.e_machine == e_machine:
+            return arch.name
+    return OTHER_MACHINES.get(e_machine, f"machine {e_machine}")
+
 
 @dataclass(frozen=True)
 class ElfClassLayout:

@@ -300,19 +300,6 @@ ALL_LEVEL_NAMES: frozenset[str] = frozenset(
 )
 
 
-#: ``e_machine`` values of other machines a Linux distribution may meet, named for messages (the
-#: architectures above name their own).
-OTHER_MACHINES: dict[int, str] = {2: "sparc", 8: "mips", 20: "ppc", 43: "sparc64"}
-
-
-def machine_name(e_machine: int) -> str:
-    """An ELF ``e_machine`` as the tables call it, with the number for an unknown one."""
-    for arch in ARCHITECTURES:
-        if arch.e_machine == e_machine:
-            return arch.name
-    return OTHER_MACHINES.get(e_machine, f"machine {e_machine}")
-
-
 class UnknownArchitectureError(ValueError):
     """A machine name none of the tables describe."""
 

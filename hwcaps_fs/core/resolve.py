@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hwcaps_fs.core.access import writable_by_others
-from hwcaps_fs.core.elf import ElfFacts
-from hwcaps_fs.core.levels import Architecture, machine_name
+from hwcaps_fs.core.elf import ElfFacts, machine_name
+from hwcaps_fs.core.levels import Architecture
 from hwcaps_fs.core.model import Candidate, Store
 from hwcaps_fs.errors import show
 
