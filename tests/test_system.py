@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from hwcaps_fs.core.mount_options import MountOptions
 from hwcaps_fs.detect.cpu import DetectOptions
 from hwcaps_fs.errors import PathError
+from hwcaps_fs.system import handshake
 from hwcaps_fs.system.bindmount import runtime_name
 from hwcaps_fs.system.mountinfo import MountEntry, parse_mountinfo
 from hwcaps_fs.system.preflight import MountConfig, check_paths
@@ -61,3 +63,14 @@ def test_check_paths_tells_in_place_from_dedicated(tmp_path: Path) -> None:
     assert check_paths(config(tmp_path / "store", tmp_path / "store")).in_place
     assert check_paths(config(tmp_path / "store", tmp_path)).in_place
     assert not check_paths(config(tmp_path / "store", tmp_path / "mnt")).in_place
+
+
+def test_handshake_carries_a_word_or_an_exception() -> None:
+    for outcome in ("ready", PathError("ROOT /x: no such directory")):
+        read_end, write_end = os.pipe()
+        handshake.send(write_end, outcome)
+        received = handshake.receive(read_end)
+        assert type(received) is type(outcome) and str(received) == str(outcome)
+    read_end, write_end = os.pipe()
+    os.close(write_end)  # the child died before a word
+    assert handshake.receive(read_end) is None
