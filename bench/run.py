@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tests.builders import gcc
 from tests.mounting import daemon_pids
 
 HERE = Path(__file__).resolve().parent
@@ -34,12 +35,6 @@ LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4")
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True)
-
-
-def gcc(out: Path, source: Path, *flags: str) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    run("gcc", "-O2", "-o", out, source, *flags)
-    return out
 
 
 @dataclass

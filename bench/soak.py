@@ -50,10 +50,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench.run import HWCAPS_FS, Stats, gcc, quote_in_readme, rss_mb, wait_mounted
+from bench.run import HWCAPS_FS, Stats, quote_in_readme, rss_mb, wait_mounted
 from hwcaps_fs.core.levels import X86_64, Architecture
 from hwcaps_fs.detect.cpu import DetectOptions, detect
 from tests import builders
+from tests.builders import gcc
 from tests.mounting import stop
 
 HERE = Path(__file__).resolve().parent

@@ -30,13 +30,21 @@ def gcc_available() -> bool:
     return shutil.which("gcc") is not None
 
 
+def gcc(out: Path, source: Path, *flags: str) -> Path:
+    """Compile the C file ``source`` to ``out`` (-O2, then ``flags``); raises
+    CalledProcessError on failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-o", str(out), str(source), *flags], check=True,
+                   capture_output=True, text=True)
+    return out
+
+
 def compile_c(source: str, out: Path, flags: list[str]) -> Path:
-    """Compile C ``source`` to ``out`` with ``flags``; raises CalledProcessError on failure."""
+    """Compile C ``source`` (text) to ``out`` with ``flags``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     src = out.with_suffix(".c")
     src.write_text(source)
-    subprocess.run(["gcc", "-O2", "-o", str(out), str(src), *flags], check=True,
-                   capture_output=True, text=True)
+    gcc(out, src, *flags)
     src.unlink()
     return out
 
