@@ -34,10 +34,13 @@ apt:
 
 venv: $(BIN)/hwcaps-fs
 
+# The tests cover hwcaps-fs with archspec (here) and without it (tests/test_archspec.py).
+VENV_EXTRAS := .[test,archspec]
+
 $(BIN)/hwcaps-fs: pyproject.toml | apt
 	@echo "creating $(VENV) with hwcaps-fs and its Python dependencies"
 	@$(call quietly,$(PYTHON) -m venv $(VENV) && $(BIN)/pip install --upgrade pip \
-	    && $(BIN)/pip install -e '.[test]')
+	    && $(BIN)/pip install -e '$(VENV_EXTRAS)')
 	@touch $@
 
 # The demo store, glibc layout: bin/hwcaps-demo is the baseline, glibc-hwcaps/<level>/bin/ the

@@ -124,7 +124,6 @@ def test_loader_decides_on_the_live_system(tmp_path: Path) -> None:
     if found.decided_by == "/proc/cpuinfo":
         pytest.skip(f"the loader gave no report: {found.steps}")
     assert found.decided_by in ("ld.so --list-diagnostics", "ld.so --help")
-    assert found.microarchitecture
 
 
 def test_cpuinfo_route_agrees_with_the_loader(tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
 """archspec's opinion of a /proc/cpuinfo block: a microarchitecture name for humans and, on
 x86, a second opinion on the level.
 
-archspec only offers ``host()``, which reads the live /proc/cpuinfo and is cached; to judge a
-copied cpuinfo as well, this module builds archspec's partial microarchitecture from the fields
-(``partial_uarch``, archspec >= 0.2.3) and repeats ``host()``'s choice among the compatible
-targets. That reaches into archspec's detection module, hence the pinned version, and why every
-call is guarded: archspec is advice, and its failure must never stop detection.
+archspec is optional (Debian 12 does not package it): without it the microarchitecture has no
+name and nothing is cross-checked; detection is otherwise the same. Only its public API is
+used: ``archspec.cpu.TARGETS``, its ``Microarchitecture`` class and their attributes (archspec
+0.2.5 on, the first whose targets carry ``cpu_part``). archspec's ``host()`` judges only the
+live machine; to judge a copied cpuinfo as well, the rules by which ``host()`` picks a target
+(the targets a CPU is compatible with, and the best of those) are spelled out here over those
+attributes. Every call is guarded: archspec is advice, and its failure must never stop
+detection.
 
 archspec disagrees with glibc by design in places (docs/levels.md): it never checks
 SSE3 (``pni``) or the x86 baseline, ignores the vendor, and has no s390x targets. Its level is
@@ -21,6 +24,14 @@ from typing import Any
 
 from hwcaps_fs.core.levels import ARCHSPEC_GENERIC_LEVELS, Architecture
 
+#: archspec's vendor name for each ARM implementer code (``CPU implementer`` in cpuinfo).
+ARM_VENDORS: dict[str, str] = {
+    "0x41": "ARM", "0x42": "Broadcom", "0x43": "Cavium", "0x44": "DEC", "0x46": "Fujitsu",
+    "0x48": "HiSilicon", "0x49": "Infineon Technologies AG", "0x4d": "Motorola",
+    "0x4e": "Nvidia", "0x50": "APM", "0x51": "Qualcomm", "0x53": "Samsung", "0x56": "Marvell",
+    "0x61": "Apple", "0x66": "Faraday", "0x68": "HXT", "0x69": "Intel", "0xc0": "Ampere",
+}
+
 
 @dataclass(frozen=True)
 class ArchspecView:
@@ -33,46 +44,38 @@ class ArchspecView:
     warning: str | None = None
 
 
-def archspec_view(arch: Architecture, fields: Mapping[str, str]) -> ArchspecView:
-    """archspec's view of the first /proc/cpuinfo block ``fields`` of a machine of ``arch``."""
+def archspec_view(arch: Architecture, fields: Mapping[str, str]) -> ArchspecView | None:
+    """archspec's view of the first /proc/cpuinfo block ``fields`` of a machine of ``arch``;
+    None if archspec is not installed."""
     try:
-        return _view(arch, fields)
+        import archspec.cpu
+    except ImportError:
+        return None
+    try:
+        return _view(archspec.cpu, arch, fields)
     except Exception as exc:  # archspec is advice: any failure of it is reported, not raised
         return ArchspecView(None, None, f"archspec failed: {type(exc).__name__}: {exc}")
 
 
-def _view(arch: Architecture, fields: Mapping[str, str]) -> ArchspecView:
-    from archspec.cpu import TARGETS
-    from archspec.cpu.detect import generic_microarchitecture, partial_uarch
-
-    builder = _PARTIAL_INFO.get(arch.name)
-    if builder is None or arch.name not in TARGETS:
-        return ArchspecView(generic_microarchitecture(arch.name).name, None)
-    info = builder(partial_uarch, fields)
-    root = TARGETS[arch.name]
-    check = _compatible(arch.name, root)
-    candidates = [t for t in TARGETS.values() if check(info, t)]
+def _view(cpu: Any, arch: Architecture, fields: Mapping[str, str]) -> ArchspecView:
+    """``cpu`` is the module archspec.cpu."""
+    targets = cpu.TARGETS
+    family = _FAMILIES.get(arch.name)
+    if family is None or arch.name not in targets:
+        return ArchspecView(cpu.generic_microarchitecture(arch.name).name, None)
+    observe, compatible = family
+    # The CPU as a nameless Microarchitecture, as host() builds it (archspec adds implied
+    # features, such as sse3 for ssse3, which cpuinfo does not list).
+    info = cpu.Microarchitecture(name="", parents=[], compilers={}, **observe(fields))
+    root = targets[arch.name]
+    candidates = [t for t in targets.values() if compatible(info, t, root)]
     level = None
     if arch.name == "x86_64":
-        features = info.features
         for target, name in ARCHSPEC_GENERIC_LEVELS:
-            if not TARGETS[target].features <= features:
+            if not targets[target].features <= info.features:
                 break
             level = name
     return ArchspecView(_best(candidates, info, root).name, level)
-
-
-def _compatible(family: str, root: Any) -> Callable[[Any, Any], bool]:
-    """archspec's compatibility check for ``family``, except powerpc's, which looks up the
-    *host's* machine; the same rule is spelled out for it here."""
-    from archspec.cpu.detect import COMPATIBILITY_CHECKS
-
-    if family.startswith("ppc"):
-        return lambda info, t: (t == root or root in t.ancestors) and (
-            t.generation <= info.generation
-        )
-    check: Callable[[Any, Any], bool] = COMPATIBILITY_CHECKS[family]
-    return check
 
 
 def _best(candidates: list[Any], info: Any, root: Any) -> Any:
@@ -89,32 +92,56 @@ def _best(candidates: list[Any], info: Any, root: Any) -> Any:
     return max(descendants, key=depth) if descendants else best_generic
 
 
-def _x86_info(partial: Any, fields: Mapping[str, str]) -> Any:
-    return partial(vendor=fields.get("vendor_id", "generic"), features=_words(fields, "flags"))
+def _descends(target: Any, root: Any) -> bool:
+    return bool(target == root or root in target.ancestors)
 
 
-def _aarch64_info(partial: Any, fields: Mapping[str, str]) -> Any:
-    from archspec.cpu.schema import TARGETS_JSON
+# Per family: what archspec reads from cpuinfo (Microarchitecture's arguments), and which
+# targets it then calls compatible.
 
+_Observed = dict[str, Any]
+
+
+def _x86_observed(fields: Mapping[str, str]) -> _Observed:
+    return {"vendor": fields.get("vendor_id", "generic"), "features": _words(fields, "flags")}
+
+
+def _x86_compatible(info: Any, target: Any, root: Any) -> bool:
+    return (_descends(target, root) and target.vendor in (info.vendor, "generic")
+            and target.features <= info.features)
+
+
+def _aarch64_observed(fields: Mapping[str, str]) -> _Observed:
     code = fields.get("CPU implementer")
-    vendors = TARGETS_JSON["conversions"]["arm_vendors"]
-    vendor = vendors.get(code, code) if code else "generic"
-    return partial(
-        vendor=vendor, features=_words(fields, "Features"), cpu_part=fields.get("CPU part", "")
-    )
+    return {"vendor": ARM_VENDORS.get(code, code) if code else "generic",
+            "features": _words(fields, "Features"), "cpu_part": fields.get("CPU part", "")}
 
 
-def _power_info(partial: Any, fields: Mapping[str, str]) -> Any:
+def _aarch64_compatible(info: Any, target: Any, root: Any) -> bool:
+    # Of the generic targets only the family's root: archspec cannot tell ARMv8.x levels apart.
+    if target.vendor == "generic" and target != root:
+        return False
+    return bool(target.family == root and target.vendor in (info.vendor, "generic")
+                and target.features <= info.features)
+
+
+def _power_observed(fields: Mapping[str, str]) -> _Observed:
     match = re.search(r"POWER(\d+)", fields.get("cpu", ""))
-    return partial(generation=int(match.group(1)) if match else 0)
+    generation = int(match.group(1)) if match else 0
+    return {"vendor": "generic", "features": set(), "generation": generation}
+
+
+def _power_compatible(info: Any, target: Any, root: Any) -> bool:
+    return _descends(target, root) and target.generation <= info.generation
 
 
 def _words(fields: Mapping[str, str], key: str) -> set[str]:
     return set(fields.get(key, "").split())
 
 
-_PARTIAL_INFO: dict[str, Callable[[Any, Mapping[str, str]], Any]] = {
-    "x86_64": _x86_info,
-    "aarch64": _aarch64_info,
-    "ppc64le": _power_info,
+_FAMILIES: dict[str, tuple[Callable[[Mapping[str, str]], _Observed],
+                           Callable[[Any, Any, Any], bool]]] = {
+    "x86_64": (_x86_observed, _x86_compatible),
+    "aarch64": (_aarch64_observed, _aarch64_compatible),
+    "ppc64le": (_power_observed, _power_compatible),
 }
