@@ -113,7 +113,7 @@ soak: deps
 # ---- install, uninstall, boot-test (mount-helpers/, systemd-units/, tests/boot/) -----------------
 # make install [PREFIX=/usr/local] [DESTDIR=]: the Python package goes into its own virtualenv,
 # $(INSTALL_VENV) (Debian's system Python refuses pip installs, and a venv keeps pyfuse3, trio
-# and archspec==0.2.7 apart from the distribution's), with $(BINDIR)/hwcaps-fs a symlink to its
+# and archspec apart from the distribution's), with $(BINDIR)/hwcaps-fs a symlink to its
 # console script. The mount helpers go to /sbin whatever PREFIX is, because mount(8) looks for
 # mount.<type> only in /sbin:/sbin/fs.d:/sbin/fs; they get the absolute path of hwcaps-fs
 # written in, since mount(8) and systemd run them without PATH. The units go to $(UNITDIR),
@@ -143,7 +143,7 @@ install: install-python install-helpers install-units install-docs
 install-python: apt
 	$(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
 	rm -rf build  # setuptools' staging copy: a module deleted since would be packaged again
-	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q $(PIP_INSTALL_FLAGS) .
+	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q $(PIP_INSTALL_FLAGS) '.[archspec]'
 	@if [ -n "$(DESTDIR)" ]; then \
 	    grep -rlI --exclude-dir=__pycache__ -- '$(DESTDIR)$(INSTALL_VENV)' \
 	        $(DESTDIR)$(INSTALL_VENV)/bin $(DESTDIR)$(INSTALL_VENV)/pyvenv.cfg \
@@ -188,3 +188,52 @@ boot-deps:
 boot-test: deps boot-deps
 	$(BIN)/python -m tests.boot.run $(BOOT_TEST_ARGS)
 # ---- end of install, uninstall, boot-test -------------------------------------------------------
+
+# ---- deb, deb-test, container-test (debian/, tests/boot/, tests/containers/) --------------------
+# make deb: the Debian package, built from a copy of this tree (debian/rules: pybuild, plus the
+# install-helpers and install-units targets above with the package's paths) and checked with
+# lintian; dist/ receives hwcaps-fs_<version>_<arch>.deb, its .buildinfo and .changes, and
+# dist/lintian.txt. make deb-test boots it (systemd-nspawn, usr-bin.mount enabled) in a Debian 12
+# root filesystem made of Debian's own packages; make container-test runs it under podman.
+# See docs/packaging.md.
+DEB_APT_PACKAGES := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all-dev \
+                    python3-setuptools libfuse3-dev pkg-config lintian
+CONTAINER_APT_PACKAGES := podman runc uidmap mmdebstrap systemd-container
+DEB_WORK := build/deb
+DIST := dist
+
+.PHONY: deb deb-deps deb-test container-test
+
+deb-deps:
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(DEB_APT_PACKAGES)"
+
+deb: deb-deps
+	rm -rf $(DEB_WORK) && mkdir -p $(DEB_WORK)/src $(DIST)
+	tar -c --exclude-vcs --exclude-vcs-ignores --exclude=./build --exclude=./$(DIST) . \
+	    | tar -x -C $(DEB_WORK)/src
+	# The system's PATH: the package is built for, and with, Debian's python3.
+	cd $(DEB_WORK)/src && PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+	    dpkg-buildpackage -b -us -uc --no-sign > ../build.log 2>&1 \
+	    || { tail -40 ../build.log; echo "make deb: failed, see $(DEB_WORK)/build.log"; exit 1; }
+	rm -f $(DIST)/hwcaps-fs_*
+	mv $(DEB_WORK)/hwcaps-fs_* $(DIST)/
+	lintian --fail-on error --tag-display-limit 0 $(DIST)/hwcaps-fs_*.changes \
+	    > $(DIST)/lintian.txt; status=$$?; cat $(DIST)/lintian.txt; exit $$status
+	@ls -l $(DIST)/*.deb
+
+# Boots the package: apt-get installs dist/hwcaps-fs_*.deb into a Debian 12 rootfs (Debian's
+# packages only), then the boot test runs on it under systemd-nspawn
+# nspawn (DEB_TEST_ARGS= boots QEMU too). The base rootfs is cached under $(DEB_TEST_WORK).
+DEB_TEST_WORK ?= /var/tmp/hwcaps-fs-deb-test
+DEB_TEST_ARGS ?= --only=nspawn
+deb-test: deb venv boot-deps
+	$(BIN)/python -m tests.boot.run --work $(DEB_TEST_WORK) \
+	    --deb $$(ls -t $(DIST)/hwcaps-fs_*.deb | head -1) $(DEB_TEST_ARGS)
+
+# hwcaps-fs run as a podman container's entrypoint (tests/containers/test_podman.py), in an
+# image imported from a Debian 12 rootfs with dist/'s .deb installed.
+CONTAINER_TEST_ARGS ?=
+container-test: deb venv
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(CONTAINER_APT_PACKAGES)"
+	HWCAPS_FS_CONTAINER_TEST=1 $(BIN)/python -m pytest -v -rs tests/containers \
+	    $(CONTAINER_TEST_ARGS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -31,13 +32,22 @@ UNITS = ("usr-bin.mount", "opt-hwcaps.mount", "hwcaps-fs@opt-svcstore.service",
          "local-fs.target")
 UNIT_PROPERTIES = ("ActiveState", "SubState", "Result", "ConditionResult",
                    "ActiveEnterTimestampMonotonic")
+#: A user whom /etc/sudoers.d lets run anything without a password (run.py creates it).
+SUDO_USER = "hwcaps-sudo"
+SUDO = Path("/usr/bin/sudo")
 #: How long auto_unmount may take to remove the mount after the daemon is killed.
 UNMOUNT_TIMEOUT = 30.0
 
 
-def run(*argv: str) -> dict[str, object]:
+def run(*argv: str, user: str | None = None) -> dict[str, object]:
+    """``argv``'s exit status and output; run as ``user`` (uid, gid, no other groups) if
+    given."""
+    entry = pwd.getpwnam(user) if user is not None else None
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                              user=entry.pw_uid if entry else None,
+                              group=entry.pw_gid if entry else None,
+                              extra_groups=[] if entry else None)
     except (OSError, subprocess.TimeoutExpired) as error:
         return {"rc": None, "stdout": "", "stderr": repr(error)}
     return {"rc": done.returncode, "stdout": done.stdout.strip(), "stderr": done.stderr.strip()}
@@ -64,6 +74,14 @@ def unit_states() -> dict[str, dict[str, str]]:
 
 def probes() -> dict[str, dict[str, object]]:
     return {probe: run(probe) for probe in PROBES}
+
+
+def privileged() -> dict[str, object]:
+    """sudo, setuid root, run by a user: through a view it must still run as root (the view
+    serves it as a symlink into the plain directory, since a FUSE mount is nosuid)."""
+    target = SUDO.stat()
+    return {"symlink": SUDO.is_symlink(), "setuid_root": bool(target.st_mode & 0o4000)
+            and target.st_uid == 0, "sudo": run(str(SUDO), "-n", "id", "-u", user=SUDO_USER)}
 
 
 def usr_bin_daemon() -> int | None:
@@ -139,6 +157,7 @@ def main() -> None:
         "mounts": mount_types(),
         "units": unit_states(),
         "probes": probes(),
+        "privileged": privileged(),
     }
     # The crash test needs a daemon: after hwcaps_fs=off there is none to kill.
     if mount_types()["/usr/bin"] is not None:

@@ -1,12 +1,15 @@
 """The boot test (``make boot-test``): hwcaps-fs started by a real systemd at boot.
 
 A Debian 12 root filesystem (mmdebstrap, cached under WORK/cache) gets hwcaps-fs the way a
-user installs it, ``make install DESTDIR=<rootfs>``, plus three deployments enabled with
+user installs it: ``make install DESTDIR=<rootfs>``, or with ``--deb`` (``make deb-test``)
+``apt-get install`` of the Debian package, whose installed files are checked first
+(tests/boot/package.py). Then three deployments are enabled with
 ``systemctl --root=<rootfs> enable``: in place over /usr/bin (usr-bin.mount), a dedicated store
 behind a /usr/bin symlink (opt-hwcaps.mount), and the Type=notify template
 (hwcaps-fs@opt-svcstore.service). Each deployment serves ``hwcaps-probe``, a program built for
 every x86-64 level that prints its level. A oneshot service (guest_check.py) records what the
-guest sees, kills the /usr/bin daemon with SIGKILL, restarts the unit, and powers off.
+guest sees (sudo run by a user among it: setuid programs must keep working through a view),
+kills the /usr/bin daemon with SIGKILL, restarts the unit, and powers off.
 
 Boots:
 
@@ -30,7 +33,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -38,21 +40,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hwcaps_fs.detect.loader import parse_help
+from tests.boot.package import check_package
+from tests.boot.rootfs import (
+    apt_install_deb,
+    log,
+    nspawn_leftovers,
+    rootfs_tarball,
+    sh,
+)
 from tests.builders import compile_level, install
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
-#: What the guest needs: systemd, fusermount3 (auto_unmount), the Python hwcaps-fs runs on,
-#: and, for QEMU, a kernel with its initramfs and udev.
-PACKAGES = ("systemd-sysv", "udev", "fuse3", "python3", "kmod", "procps",
-            "linux-image-cloud-amd64", "initramfs-tools")
+#: What every guest needs: systemd, and sudo (a privileged program that must keep working while
+#: its directory is a view).
+BASE_PACKAGES = ("systemd-sysv", "kmod", "procps", "sudo")
+#: QEMU's guests also boot a kernel with its initramfs, and udev.
+KERNEL_PACKAGES = ("udev", "linux-image-cloud-amd64", "initramfs-tools")
+#: What ``make install`` needs on the target: fusermount3 (auto_unmount) and the Python that
+#: hwcaps-fs runs on. The .deb brings its own dependencies, through apt.
+MAKE_INSTALL_PACKAGES = ("fuse3", "python3")
 #: QEMU CPU model -> the level its guest must reach (None: whatever TCG offers, recorded).
 CPU_MODELS: dict[str, str | None] = {
     "qemu64": "baseline",
@@ -71,32 +83,10 @@ QEMU_TIMEOUT = 420
 QEMU_APPEND = ("console=ttyS0 root=/dev/vda rw printk.devkmsg=on systemd.show_status=1 "
                "panic=-1")
 IMAGE_SIZE = "3G"
-
-
-def log(message: str) -> None:
-    print(f"[boot-test {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def sh(*argv: str | Path) -> None:
-    """Run a host command, failing loudly (these are set-up steps, not checks)."""
-    subprocess.run([str(arg) for arg in argv], check=True)
+SUDO_USER = "hwcaps-sudo"
 
 
 # -- the root file system -------------------------------------------------------------------
-
-
-def rootfs_tarball(work: Path) -> Path:
-    """The mmdebstrap tarball for SUITE with PACKAGES, built once and kept in WORK/cache."""
-    key = hashlib.sha256(repr((SUITE, MIRROR, PACKAGES)).encode()).hexdigest()[:12]
-    tarball = work / "cache" / f"rootfs-{SUITE}-{key}.tar"
-    if not tarball.exists():
-        tarball.parent.mkdir(parents=True, exist_ok=True)
-        log(f"building the {SUITE} rootfs (about a minute; cached as {tarball})")
-        partial = tarball.with_suffix(".partial.tar")
-        sh("mmdebstrap", "--quiet", "--variant=apt", f"--include={','.join(PACKAGES)}", SUITE,
-           partial, MIRROR)
-        partial.rename(tarball)
-    return tarball
 
 
 def install_store(root: Path, binaries: Path, baseline: str, variant_dir: str) -> None:
@@ -108,12 +98,17 @@ def install_store(root: Path, binaries: Path, baseline: str, variant_dir: str) -
                 root / "glibc-hwcaps" / level / variant_dir / "hwcaps-probe")
 
 
-def prepare_rootfs(tarball: Path, rootfs: Path, binaries: Path) -> None:
+def make_install(rootfs: Path) -> None:
+    log("make install DESTDIR=<rootfs>")
+    sh("make", "-s", "-C", REPO, "install", f"DESTDIR={rootfs}")
+
+
+def prepare_rootfs(tarball: Path, rootfs: Path, binaries: Path,
+                   install_hwcaps_fs: Callable[[Path], None]) -> None:
     log(f"unpacking into {rootfs}")
     rootfs.mkdir(parents=True)
     sh("tar", "-xf", tarball, "-C", rootfs)
-    log("make install DESTDIR=<rootfs>")
-    sh("make", "-s", "-C", REPO, "install", f"DESTDIR={rootfs}")
+    install_hwcaps_fs(rootfs)
     # In place over /usr/bin: the variants live in /usr/bin/glibc-hwcaps/.
     install_store(rootfs / "usr/bin", binaries, "hwcaps-probe", "")
     # The dedicated store, reached through a /usr/bin symlink; and one for the service.
@@ -129,6 +124,13 @@ def prepare_rootfs(tarball: Path, rootfs: Path, binaries: Path) -> None:
     sh("systemctl", f"--root={rootfs}", "--quiet", "enable", *DEPLOYMENTS, CHECK_UNIT)
     (rootfs / JOURNAL).mkdir(parents=True, exist_ok=True)  # persistent: read after power-off
     (rootfs / "etc/hostname").write_text("hwcaps-boot\n")
+    with (rootfs / "etc/hosts").open("a") as hosts:
+        hosts.write("127.0.1.1 hwcaps-boot\n")  # sudo looks its host up
+    # A user whom sudo lets run anything: sudo, setuid root, must keep working through a view.
+    sh("useradd", f"--root={rootfs}", "--create-home", SUDO_USER)
+    sudoers = rootfs / "etc/sudoers.d" / SUDO_USER
+    sudoers.write_text(f"{SUDO_USER} ALL=(ALL) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
     # No getty on the console: nothing is typed there, and it keeps the log readable.
     sh("systemctl", f"--root={rootfs}", "--quiet", "mask", "serial-getty@ttyS0.service",
        "console-getty.service", "getty@tty1.service")
@@ -205,19 +207,6 @@ def run_guest(argv: Sequence[str], timeout: float, output: Path, boot: Boot) -> 
             process.wait()
         finally:
             boot.seconds = time.monotonic() - start
-
-
-@contextlib.contextmanager
-def nspawn_leftovers() -> Iterator[None]:
-    """systemd-nspawn leaves /run/systemd/nspawn behind on a host whose /run is not a tmpfs
-    (docs/boot.md); remove it if it was not there before."""
-    state = Path("/run/systemd/nspawn")
-    existed = state.exists()
-    try:
-        yield
-    finally:
-        if not existed:
-            shutil.rmtree(state, ignore_errors=True)
 
 
 def boot_nspawn(rootfs: Path, logs: Path, boot: Boot) -> Boot:
@@ -302,6 +291,7 @@ def judge(boot: Boot) -> None:
     units: dict[str, dict[str, str]] = result["units"]  # type: ignore[assignment]
     mounts: dict[str, str | None] = result["mounts"]  # type: ignore[assignment]
     probes: dict[str, object] = result["probes"]  # type: ignore[assignment]
+    judge_privileged(result.get("privileged"), served=not boot.hwcaps_off, check=check)
     if boot.hwcaps_off:
         for unit in DEPLOYMENTS:
             state = units[unit]
@@ -327,6 +317,19 @@ def judge(boot: Boot) -> None:
     judge_crash(result.get("crash"), level, check)
     judge_service_crash(result.get("service_crash"), level, check)
     judge_journal(boot.journal, check)
+
+
+def judge_privileged(found: object, served: bool,
+                     check: Callable[[str, bool, str], None]) -> None:
+    if not isinstance(found, dict):
+        check("privileged programs: sudo was looked at", False, f"{found}")
+        return
+    sudo = found["sudo"]
+    check(f"sudo, run by {SUDO_USER}, runs a command as root",
+          sudo["rc"] == 0 and sudo["stdout"] == "0", f"{sudo}")
+    if served:
+        check("/usr/bin/sudo is served as a symlink to the setuid-root file",
+              found["symlink"] is True and found["setuid_root"] is True, f"{found}")
 
 
 def judge_crash(crash: object, level: str, check: Callable[[str, bool, str], None]) -> None:
@@ -403,6 +406,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)),
                         help="QEMU guests at once (default: one per host CPU)")
     parser.add_argument("--keep", action="store_true", help="keep the unpacked rootfs")
+    parser.add_argument("--deb", type=Path,
+                        help="install this Debian package with apt-get instead of running "
+                             "`make install`, and check what it installed (make deb-test)")
     return parser.parse_args(argv)
 
 
@@ -422,14 +428,25 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     started = time.monotonic()
-    tarball = rootfs_tarball(args.work)
+    packages = [*BASE_PACKAGES, *(KERNEL_PACKAGES if args.only != "nspawn" else ())]
+    boots: list[Boot] = []
+    if args.deb is None:
+        install_hwcaps_fs: Callable[[Path], None] = make_install
+        packages.extend(MAKE_INSTALL_PACKAGES)
+    else:
+        installed = Boot(f"apt-get install {args.deb.name}")
+
+        def install_hwcaps_fs(rootfs: Path) -> None:
+            apt_install_deb(rootfs, args.deb, args.work / "cache")
+            check_package(rootfs, lambda *found: installed.checks.append(found))
+
+    tarball = rootfs_tarball(args.work, packages)
     logs = args.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=args.work))
-    boots: list[Boot] = []
     try:
         rootfs = run_dir / "rootfs"
-        prepare_rootfs(tarball, rootfs, args.work / "binaries")
+        prepare_rootfs(tarball, rootfs, args.work / "binaries", install_hwcaps_fs)
         if args.only in (None, "nspawn"):
             boots.append(boot_nspawn(rootfs, logs, Boot("nspawn")))
             boots.append(boot_nspawn(rootfs, logs, Boot("nspawn-hwcaps_fs=off",
@@ -450,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
     for boot in boots:
         judge(boot)
+    if args.deb is not None:
+        boots.insert(0, installed)
     ok = print_report(boots)
     print(f"\nboot test {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s "
           f"(logs: {logs})")
