@@ -24,6 +24,10 @@ FILES = (
     "/sbin/mount.fuse.hwcaps-fs",
     *(f"/lib/systemd/system/{unit}" for unit in UNITS),
     "/usr/share/doc/hwcaps-fs/copyright",
+    "/usr/share/man/man1/hwcaps-fs.1.gz",
+    "/usr/share/man/man8/mount.hwcaps-fs.8.gz",
+    "/usr/share/man/man8/mount.fuse.hwcaps-fs.8.gz",
+    "/usr/share/bash-completion/completions/hwcaps-fs",
 )
 
 Check = Callable[[str, bool, str], None]
