@@ -1,4 +1,5 @@
-"""The mount table, bind-mount names and the checks before mounting (no mount needed)."""
+"""The mount table, bind-mount names, the checks before mounting and the handshake (no mount
+needed)."""
 
 from __future__ import annotations
 
