@@ -73,6 +73,8 @@ demo: deps demo-store
 	echo '$$ $(DEMO)/store/bin/hwcaps-demo 200000  # the baseline, for comparison'; \
 	$(DEMO)/store/bin/hwcaps-demo 200000; \
 	echo '$$ hwcaps-fs umount $(DEMO)/mnt'
+	@echo; echo '$$ hwcaps-fs run --root $(DEMO)/store -- hwcaps-demo 20000  # as a container entrypoint'
+	@$(BIN)/hwcaps-fs run --root $(DEMO)/store -- hwcaps-demo 20000
 
 lint: venv
 	$(BIN)/ruff check hwcaps_fs tests bench
