@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench import run as bench
 from hwcaps_fs.core.mount_options import DOCUMENTED
+from hwcaps_fs.errors import EXIT_STATUSES
 
 TOP = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench results: start -->", "<!-- bench results: end -->"
@@ -43,3 +44,11 @@ def test_readme_lists_every_mount_option() -> None:
     table = text[text.index("| `-o` option |"):].split("\n\n")[0]
     for name, _ in DOCUMENTED:
         assert f"`{name.partition('=')[0]}" in table, name
+
+
+def test_readme_lists_every_exit_status() -> None:
+    text = (TOP / "README.md").read_text()
+    table = text[text.index("| status | meaning |"):].split("\n\n")[0]
+    codes = {code for row in table.splitlines()[2:]
+             for code in row.split(" | ")[0].removeprefix("| ").split(", ")}
+    assert codes == {str(code) for code, _ in EXIT_STATUSES}
