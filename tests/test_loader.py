@@ -9,7 +9,7 @@ import pytest
 
 from hwcaps_fs.core.levels import X86_64
 from hwcaps_fs.detect.cpu import Detection, DetectOptions, detect
-from hwcaps_fs.detect.loader import parse_help, parse_list_diagnostics, tunable_masked_features
+from hwcaps_fs.detect.loader import parse_help, parse_list_diagnostics
 
 DIAGNOSTICS_2_36 = """\
 dl_dst_lib="lib"
@@ -89,11 +89,6 @@ def test_help_without_hwcaps() -> None:
     report = parse_help(HELP_AARCH64)
     assert report is not None and report.active == ()
     assert parse_help("Usage: ld.so\n") is None
-
-
-def test_tunables_masking_names() -> None:
-    environ = {"GLIBC_TUNABLES": "glibc.malloc.check=3:glibc.cpu.hwcaps=-AVX2,-AVX512F,Foo"}
-    assert tunable_masked_features(environ) == {"AVX2", "AVX512F"}
 
 
 # --- the real loader -----------------------------------------------------------------------

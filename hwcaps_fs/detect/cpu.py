@@ -37,9 +37,11 @@ from hwcaps_fs.detect.cpuinfo import (
     infer_machine,
     parse_auxv,
 )
-from hwcaps_fs.detect.loader import LoaderReport, probe_loader, tunable_masked_features
+from hwcaps_fs.detect.loader import LoaderReport, probe_loader
 from hwcaps_fs.detect.microarch import archspec_view
 from hwcaps_fs.detect.overrides import Override, parse_level_name, read_overrides
+from hwcaps_fs.detect.tunables import unusable_features
+from hwcaps_fs.errors import PathError
 
 LIVE_CPUINFO = "/proc/cpuinfo"
 LIVE_AUXV = "/proc/self/auxv"
@@ -97,8 +99,15 @@ class Detection:
         rank = self.architecture.rank(self.level)
         return tuple(reversed(self.architecture.level_names[:rank]))
 
+    def supported_levels(self) -> tuple[str, ...]:
+        """The levels the CPU supports, highest first, baseline excluded."""
+        rank = self.architecture.rank(self.hardware_level)
+        return tuple(reversed(self.architecture.level_names[:rank]))
+
     def target(self, require_trusted: bool) -> Target:
-        return Target(self.architecture, self.active_levels(), self.isa_bits, require_trusted)
+        capped = self.architecture.rank(self.level) < self.architecture.rank(self.hardware_level)
+        return Target(self.architecture, self.active_levels(), self.isa_bits, require_trusted,
+                      self.supported_levels(), self.decided_by if capped else None)
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,8 @@ def detect(options: DetectOptions) -> Detection:
     warnings: list[str] = []
     given = options.cpuinfo is not None or options.auxv is not None
     cpuinfo_path = options.cpuinfo or LIVE_CPUINFO
-    text = _read(cpuinfo_path, warnings if options.cpuinfo else None)
+    text = (_read_given(options.cpuinfo, "--cpuinfo").decode("utf-8", "replace")
+            if options.cpuinfo else _read(cpuinfo_path))
     fields = first_block(text or "")
     host = os.uname().machine
     machine = options.machine or (infer_machine(fields) if options.cpuinfo else None) or host
@@ -139,8 +149,9 @@ def detect(options: DetectOptions) -> Detection:
     )
 
     auxv = _auxv(arch, options, given, warnings)
+    masked = unusable_features(options.environ)
     evaluation = (
-        evaluate(arch, fields, auxv, cpuinfo_path) if text is not None else None
+        evaluate(arch, fields, auxv, cpuinfo_path, masked) if text is not None else None
     )
     report = None if given or machine != host else _ask_loader(arch, options, steps)
     if report is not None:
@@ -174,15 +185,22 @@ def detect(options: DetectOptions) -> Detection:
     )
 
 
-def _read(path: str, warnings: list[str] | None) -> str | None:
-    """The text of ``path``, or None; ``warnings`` (when given) says why not."""
+def _read(path: str) -> str | None:
+    """The text of the live ``path``, or None (then the baseline is assumed)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as file:
             return file.read()
-    except OSError as exc:
-        if warnings is not None:
-            warnings.append(f"cannot read {path}: {exc.strerror}; assuming the baseline")
+    except OSError:
         return None
+
+
+def _read_given(path: str, option: str) -> bytes:
+    """The content of a file the user named: not there is their mistake, not a guess."""
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise PathError(f"{option} {path}: {exc.strerror}") from None
 
 
 def _architecture(machine: str, steps: list[Step]) -> Architecture:
@@ -197,18 +215,25 @@ def _auxv(
     arch: Architecture, options: DetectOptions, given: bool, warnings: list[str]
 ) -> dict[int, int]:
     """The aux vector where it carries the level (powerpc64le, s390x): the given file, or the
-    live one when the live CPU is described. An x86 aux vector says nothing about levels."""
-    if not any(f.hwcap for level in arch.levels for f in level.features):
+    live one when the live CPU is described. An x86 aux vector says nothing about levels, so
+    a given one is reported as ignored, never dropped silently."""
+    uses_auxv = any(f.hwcap for level in arch.levels for f in level.features)
+    if options.auxv is not None:
+        path, data = options.auxv, _read_given(options.auxv, "--auxv")
+        if not uses_auxv:
+            warnings.append(f"--auxv {path} ignored: the {arch.name} levels do not come from "
+                            "the aux vector")
+            return {}
+    elif given or not uses_auxv:
         return {}
-    path = options.auxv or (None if given else LIVE_AUXV)
-    if path is None:
-        return {}
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as exc:
-        warnings.append(f"cannot read {path}: {exc.strerror}")
-        return {}
+    else:
+        path = LIVE_AUXV
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError as exc:
+            warnings.append(f"cannot read {path}: {exc.strerror}")
+            return {}
     entries, problems = parse_auxv(data, arch)
     warnings.extend(f"{path}: {problem}" for problem in problems)
     return entries
@@ -254,7 +279,7 @@ def _from_loader(
             level = evaluation.level
         elif evaluation.level != level:
             steps.append(Step(LIVE_CPUINFO, f"alone would give {evaluation.level}"))
-    masked = tunable_masked_features(environ) if arch.baseline.isa_bit is not None else frozenset()
+    masked = unusable_features(environ) if arch.baseline.isa_bit is not None else {}
     missing: dict[str, tuple[str, ...]] = {}
     for name in arch.level_names[arch.rank(level):]:
         lacking = evaluation.missing.get(name, ()) if evaluation else ()

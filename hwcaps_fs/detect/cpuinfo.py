@@ -29,7 +29,8 @@ from hwcaps_fs.core.levels import (
 )
 
 #: How to recognise the machine a /proc/cpuinfo was captured on, tried in order: the field, a
-#: text its value must contain (None: present is enough), the ``uname -m`` it implies.
+#: text its value must contain, in any case (None: present is enough), the ``uname -m`` it
+#: implies. (Kernels print ``POWER10`` but ``Power11 (architected)``.)
 MACHINE_SIGNATURES: tuple[tuple[str, str | None, str], ...] = (
     ("vendor_id", "IBM/S390", "s390x"),
     ("cpu", "POWER", "ppc64le"),
@@ -71,7 +72,7 @@ def infer_machine(fields: Mapping[str, str]) -> str | None:
     """The ``uname -m`` of the machine whose /proc/cpuinfo gave ``fields``, or None."""
     for key, needle, machine in MACHINE_SIGNATURES:
         value = fields.get(key)
-        if value is not None and (needle is None or needle in value):
+        if value is not None and (needle is None or needle.lower() in value.lower()):
             return machine
     return None
 
@@ -112,15 +113,20 @@ class Evaluation:
 
 
 def evaluate(
-    arch: Architecture, fields: Mapping[str, str], auxv: Mapping[int, int], source: str
+    arch: Architecture, fields: Mapping[str, str], auxv: Mapping[int, int], source: str,
+    masked: Mapping[str, str] | None = None,
 ) -> Evaluation:
     """Apply glibc's rules for ``arch`` to a /proc/cpuinfo block and an aux vector.
 
-    ``source`` names where ``fields`` came from, for the steps. Each level needs every feature
-    of the levels below it (glibc activates a contiguous tail of its list), so the result is
-    the highest level whose features, and all lower ones, are usable. ``missing`` holds, for
-    each level not reached, glibc's names of *all* the features it still lacks (its own and
-    those of the lower levels), so the next level's entry is what to buy.
+    ``source`` names where ``fields`` came from, for the steps. ``masked`` maps the features
+    the caller's GLIBC_TUNABLES makes unusable to why (:func:`hwcaps_fs.detect.tunables.
+    unusable_features`; x86 only): they lower the level and are explained as missing, but not
+    ``isa_bits``, which glibc computes before the tunables (its ISA-note check ignores them).
+    Each level needs every feature of the levels below it (glibc activates a contiguous tail
+    of its list), so the result is the highest level whose features, and all lower ones, are
+    usable. ``missing`` holds, for each level not reached, glibc's names of *all* the features
+    it still lacks (its own and those of the lower levels), so the next level's entry is what
+    to buy.
     """
     reader = _FLAG_READERS.get(arch.name)
     if reader is None:
@@ -131,13 +137,28 @@ def evaluate(
         return Evaluation(arch.baseline.name, arch.isa_bits(None), {}, steps, warnings, False)
     unusable, quirk_steps = _x86_vendor_rules(fields, source) if arch is X86_64 else ({}, ())
     steps = (*steps, *quirk_steps)
+    masked = dict(masked or {}) if arch is X86_64 else {}
+    if masked:
+        shown = " ".join(sorted(masked))
+        steps = (*steps, Step("GLIBC_TUNABLES", f"glibc will not use {shown}"))
+    unmasked, _ = _walk(arch, flags, unusable)
+    level, missing = _walk(arch, flags, {**unusable, **masked})
+    shown = level or arch.baseline.name
+    steps = (*steps, Step(source, _summary(arch, shown, missing), shown))
+    return Evaluation(shown, arch.isa_bits(unmasked), missing, steps, warnings, True)
+
+
+def _walk(
+    arch: Architecture, flags: frozenset[str], unusable: Mapping[str, str]
+) -> tuple[str | None, dict[str, tuple[str, ...]]]:
+    """The highest level reached (None: not even the baseline) and what each level above
+    lacks."""
 
     def lacking(features: tuple[Feature, ...]) -> list[str]:
         return [f.name for f in features if f.flag not in flags or f.name in unusable]
 
     still_missing = lacking(arch.baseline.features)
-    level = arch.baseline.name
-    isa_bits = arch.baseline.isa_bit if not still_missing else 0
+    level = None if still_missing else arch.baseline.name
     missing: dict[str, tuple[str, ...]] = {}
     for candidate in arch.levels:
         still_missing += lacking(candidate.features)
@@ -145,11 +166,7 @@ def evaluate(
             missing[candidate.name] = tuple(still_missing)
             continue
         level = candidate.name
-        isa_bits = (isa_bits or 0) | (candidate.isa_bit or 0)
-    if arch.baseline.isa_bit is None:
-        isa_bits = None
-    steps = (*steps, Step(source, _summary(arch, level, missing), level))
-    return Evaluation(level, isa_bits, missing, steps, warnings, True)
+    return level, missing
 
 
 def _summary(arch: Architecture, level: str, missing: Mapping[str, tuple[str, ...]]) -> str:
@@ -182,7 +199,7 @@ def _ppc_flags(
         shown = " ".join(sorted(names)) or "none of the level bits"
         return names, (Step("aux vector", f"AT_HWCAP2={hwcap2:#x}: {shown}"),), ()
     cpu = fields.get("cpu", "")
-    match = re.search(r"POWER(\d+)", cpu)
+    match = re.search(r"POWER(\d+)", cpu, re.IGNORECASE)
     if match is None:
         return None, (), (f"{source}: no AT_HWCAP2 and no 'cpu : POWERn' line: level unknown",)
     generation = int(match.group(1))

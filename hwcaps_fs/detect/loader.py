@@ -136,15 +136,3 @@ def probe_loader(
             return report, tuple(notes)
         notes.append(f"{path} {option}: exit status {done.returncode}, no glibc-hwcaps report")
     return None, tuple(notes)
-
-
-def tunable_masked_features(environ: Mapping[str, str]) -> frozenset[str]:
-    """The glibc feature names ``GLIBC_TUNABLES=...glibc.cpu.hwcaps=-A,-B...`` disables in
-    ``environ`` (x86 only honours them for glibc-hwcaps). Used to explain, not to decide: the
-    loader already applied them."""
-    masked: set[str] = set()
-    for tunable in environ.get("GLIBC_TUNABLES", "").split(":"):
-        key, _, value = tunable.partition("=")
-        if key == "glibc.cpu.hwcaps":
-            masked.update(item[1:] for item in value.split(",") if item.startswith("-"))
-    return frozenset(masked)
