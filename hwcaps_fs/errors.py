@@ -21,7 +21,8 @@ class UsageError(HwcapsFsError):
 
 
 class PathError(HwcapsFsError):
-    """ROOT or MOUNTPOINT is missing, not a directory, or unreadable."""
+    """A path given is missing or unusable: ROOT or MOUNTPOINT (not a directory, unreadable),
+    a name that is not in the store, a ``--cpuinfo``/``--auxv``/``--stdin`` file."""
 
     exit_code = 3
 

@@ -39,7 +39,12 @@ def test_each_mistake_is_found(tmp_path: Path, binaries: Path, target: Target) -
     arm = tmp_path / "bin/arm"
     arm.write_bytes(img.marked(None, img.AARCH64))
     arm.chmod(0o755)
-    os.symlink("/etc/passwd", tmp_path / "bin/escape")
+    # A baseline symlink out of ROOT is what the directory holds (awk -> /etc/alternatives/awk)
+    # and is served as such; a variant's is an error, a dangling baseline link a warning.
+    os.symlink("/etc/alternatives/awk", tmp_path / "bin/awk")
+    os.symlink("/etc/passwd", tmp_path / "glibc-hwcaps/x86-64-v3/bin/escape")
+    install(good, tmp_path / "bin/escape")
+    os.symlink("gone", tmp_path / "bin/dangling")
     (tmp_path / "glibc-hwcaps/power10").mkdir()
     install(good, tmp_path / "bin/groupw", mode=0o775)
     got = findings(tmp_path, target)
@@ -51,7 +56,10 @@ def test_each_mistake_is_found(tmp_path: Path, binaries: Path, target: Target) -
          "no baseline for bin/orphan (only x86-64-v2): CPUs below those levels will not see it"),
         (error, "bin/noexec", "not executable (mode 0644)"),
         (error, "bin/arm", "built for aarch64 (e_machine 183), this is x86_64"),
-        (error, "bin/escape", "symlink leaves " + str(tmp_path) + " (-> /etc/passwd)"),
+        (error, "glibc-hwcaps/x86-64-v3/bin/escape",
+         "symlink leaves " + str(tmp_path) + " (-> /etc/passwd)"),
+        (warning, "bin/dangling",
+         "dangling symlink: bin/gone does not exist (served as the same symlink)"),
         (warning, "", "ignored glibc-hwcaps/power10: a level of ppc64le, this store serves x86_64"),
         (warning, "bin/groupw",
          "writable by group or others (mode 0775) (refused when serving root)"),

@@ -28,7 +28,7 @@ def target(level: str | None, require_trusted: bool = False) -> Target:
     """A CPU whose highest level is ``level`` (None = baseline only)."""
     rank = 0 if level is None else X86_64.rank(level)
     active = tuple(reversed(X86_64.level_names[:rank]))
-    return Target(X86_64, active, X86_64.isa_bits(level or "baseline"), require_trusted)
+    return Target(X86_64, active, X86_64.isa_bits(level or "baseline"), require_trusted, active)
 
 
 def resolved(root: Path, tgt: Target, relpath: str = "bin/prog") -> Resolution:
@@ -82,7 +82,19 @@ def test_v3_cpu_explains_skipped_v4(tmp_path: Path, binaries: Path) -> None:
     variant_store(binaries, tmp_path, "bin/prog")
     res = resolved(tmp_path, target("x86-64-v3"))
     assert [s.reason for s in res.skipped] == [
-        "level x86-64-v4 not supported by this CPU (active: x86-64-v3, x86-64-v2)"]
+        "level x86-64-v4 not supported by this CPU (it supports up to x86-64-v3)"]
+
+
+def test_a_capped_level_is_not_called_unsupported(tmp_path: Path, binaries: Path) -> None:
+    variant_store(binaries, tmp_path, "bin/prog")
+    capped = Target(X86_64, ("x86-64-v2",), 0xF, False, ("x86-64-v4", "x86-64-v3", "x86-64-v2"),
+                    "--level")
+    res = resolved(tmp_path, capped)
+    assert [s.reason for s in res.skipped] == [
+        "level x86-64-v4 not searched: capped at x86-64-v2 by --level, "
+        "though this CPU supports it",
+        "level x86-64-v3 not searched: capped at x86-64-v2 by --level, "
+        "though this CPU supports it"]
 
 
 def test_v4_binary_misplaced_under_v3(tmp_path: Path, binaries: Path) -> None:

@@ -52,8 +52,21 @@ class Finding:
 CandidateCheck = Callable[[Candidate, Architecture], tuple[Severity, str] | None]
 
 
+#: What a baseline symlink's scan problem starts with when the link is broken (it dangles or
+#: loops) rather than merely leaving ROOT (``awk -> /etc/alternatives/awk``).
+BROKEN_LINK_PROBLEMS = ("dangling symlink", "more than")
+
+
 def _scan_problem(candidate: Candidate, arch: Architecture) -> tuple[Severity, str] | None:
-    return None if candidate.problem is None else (Severity.ERROR, candidate.problem)
+    """An error, except for a baseline symlink the scan did not follow: views show it as the
+    same symlink, exactly what the directory holds, so only a broken one is worth a warning."""
+    if candidate.problem is None:
+        return None
+    if candidate.level is not None or not candidate.unfollowed_link:
+        return Severity.ERROR, candidate.problem
+    if candidate.problem.startswith(BROKEN_LINK_PROBLEMS):
+        return Severity.WARNING, f"{candidate.problem} (served as the same symlink)"
+    return None
 
 
 def _not_executable(candidate: Candidate, arch: Architecture) -> tuple[Severity, str] | None:

@@ -19,6 +19,7 @@ from typing import NoReturn
 from hwcaps_fs import __version__
 from hwcaps_fs.commands import report
 from hwcaps_fs.commands.check import Severity, check
+from hwcaps_fs.commands.names import view_relpath
 from hwcaps_fs.core.model import Layout, Store
 from hwcaps_fs.core.mount_options import ALWAYS, DOCUMENTED
 from hwcaps_fs.core.resolve import resolve
@@ -42,7 +43,11 @@ def _detect_arguments() -> _Parser:
     group.add_argument("--force-level", metavar="LEVEL",
                        help="use exactly LEVEL, even above what the CPU supports (risks SIGILL)")
     group.add_argument("--cpuinfo", metavar="FILE",
-                       help="compute the level from this /proc/cpuinfo instead of asking ld.so")
+                       help="compute the level from this /proc/cpuinfo instead of asking ld.so, "
+                            "with glibc's rules and the GLIBC_TUNABLES of the environment; a "
+                            "cpuinfo file cannot show whether the kernel enabled the AVX-512 "
+                            "register state in XCR0 (glibc checks it; kernels hide the avx512 "
+                            "flags when they do not enable it)")
     group.add_argument("--auxv", metavar="FILE",
                        help="aux vector for --cpuinfo (AT_HWCAP/AT_HWCAP2 on ppc64le, s390x)")
     group.add_argument("--machine", metavar="MACHINE",
@@ -267,7 +272,7 @@ def _scan(args: argparse.Namespace, detection: Detection) -> Store:
 def _run_which(args: argparse.Namespace) -> int:
     detection = detect(detect_options(args))
     store = _scan(args, detection)
-    relpath = args.relpath.strip("/")
+    relpath = view_relpath(store, args.relpath)
     resolution = resolve(relpath, store.candidates(relpath),
                          detection.target(require_trusted=os.geteuid() == 0))
     report.emit(report.which(detection, store, resolution), args.json)

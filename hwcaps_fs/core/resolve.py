@@ -34,13 +34,16 @@ class Target:
     included). ``isa_bits`` are the GNU_PROPERTY_X86_ISA_1 bits the CPU really supports
     (unmasked, as glibc's ``isa_1``), or None where the ISA note does not apply.
     ``require_trusted`` is set when root may execute what is served: candidates a non-root user
-    could have written are then refused.
+    could have written are then refused. ``supported`` are the levels the CPU supports
+    (highest first), which is more than ``levels`` when ``capped_by`` lowered the level.
     """
 
     architecture: Architecture
     levels: tuple[str, ...]
     isa_bits: int | None
     require_trusted: bool
+    supported: tuple[str, ...] = ()
+    capped_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,16 @@ def refusal(candidate: Candidate, target: Target) -> str | None:
     return None
 
 
+def _inactive_reason(level: str, target: Target) -> str:
+    """Why a level is not searched: the CPU lacks it, or something capped the level below."""
+    highest = target.levels[0] if target.levels else "the baseline"
+    if level in target.supported:
+        return (f"level {level} not searched: capped at {highest} by {target.capped_by}, "
+                "though this CPU supports it")
+    best = target.supported[0] if target.supported else "the baseline"
+    return f"level {level} not supported by this CPU (it supports up to {best})"
+
+
 def resolve(
     relpath: str, candidates: Mapping[str | None, Candidate], target: Target
 ) -> Resolution:
@@ -173,12 +186,8 @@ def resolve(
     arch = target.architecture
     active = target.levels
     inactive = tuple(level for level in reversed(arch.level_names) if level not in active)
-    shown = ", ".join(active) if active else "baseline only"
-    skipped = [
-        Skip(candidates[level], f"level {level} not supported by this CPU (active: {shown})")
-        for level in inactive
-        if level in candidates
-    ]
+    skipped = [Skip(candidates[level], _inactive_reason(level, target))
+               for level in inactive if level in candidates]
     order: tuple[str | None, ...] = (*active, None)
     for level in order:
         candidate = candidates.get(level)
