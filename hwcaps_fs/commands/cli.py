@@ -19,6 +19,7 @@ from typing import NoReturn
 from hwcaps_fs import __version__
 from hwcaps_fs.commands import report
 from hwcaps_fs.commands.check import Severity, check
+from hwcaps_fs.commands.compare import Settings, run_compare
 from hwcaps_fs.commands.names import view_relpath
 from hwcaps_fs.core.model import Layout, Store
 from hwcaps_fs.core.mount_options import ALWAYS, DOCUMENTED
@@ -103,6 +104,20 @@ COMMANDS: dict[str, Command] = {
         "non-root user could change. Exit status 1 when there are errors.",
         (("hwcaps-fs check /opt/hwcaps", "one line per finding, then a summary"),
          ("hwcaps-fs check --json /opt/hwcaps", "the findings as fields"))),
+    "compare": Command(
+        "run every build of RELPATH this CPU can run and say which is worth shipping",
+        "Run every build of RELPATH this CPU can run (as resolution would serve them at each "
+        "level), with ARGS, interleaved, until the speed-ups are conclusive or the budget ends; "
+        "report median wall and CPU times, speed-ups over the baseline with 95% intervals, and "
+        "what a packager should do. Standard input is read once and fed to every run (or "
+        "/dev/null on a terminal). Exit status 1 when a build's output or exit status differs "
+        "from the baseline's. See docs/packagers.md.",
+        (("hwcaps-fs compare /opt/hwcaps bin/foo -- --input data.txt",
+          "is the variant build of foo worth shipping?"),
+         ("hwcaps-fs compare --json /opt/hwcaps bin/foo -- ARGS < input",
+          "the same as fields for tools, input fed to every run"),
+         ("hwcaps-fs compare --status-only --budget 10 /opt/hwcaps bin/hwcaps-demo -- 20000",
+          "compare exit statuses only, for 10 s at most"))),
     "mount": Command(
         "mount the view",
         "Mount the view of ROOT at MOUNTPOINT: the merged tree, read-only, each name the best "
@@ -187,6 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("root", metavar="ROOT", help="the store")
     _layout_argument(check)
     _json_argument(check)
+
+    compare = _add_command(commands, "compare", [detect_parent])
+    compare.usage = "%(prog)s [options] ROOT RELPATH [-- ARGS...]"
+    compare.add_argument("root", metavar="ROOT")
+    compare.add_argument("relpath", metavar="RELPATH")
+    compare.add_argument("--budget", type=float, default=Settings.budget, metavar="SECONDS",
+                         help="stop measuring after this long, conclusive or not "
+                              "(default: %(default)s)")
+    compare.add_argument("--min-rounds", type=int, default=Settings.min_rounds, metavar="N",
+                         help="rounds to run whatever the budget (default: %(default)s)")
+    compare.add_argument("--max-rounds", type=int, default=Settings.max_rounds, metavar="N",
+                         help="rounds to run at most (default: %(default)s)")
+    compare.add_argument("--tolerance", type=float, default=Settings.tolerance,
+                         metavar="FRACTION",
+                         help="speed-ups within 1±FRACTION count as no difference "
+                              "(default: %(default)s)")
+    compare.add_argument("--timeout", type=float, default=Settings.timeout, metavar="SECONDS",
+                         help="kill a run that takes longer (default: %(default)s)")
+    compare.add_argument("--stdin", metavar="FILE",
+                         help="feed FILE to every run (default: our standard input, read once, "
+                              "or /dev/null on a terminal)")
+    compare.add_argument("--status-only", action="store_true",
+                         help="compare exit statuses only, not output (for programs that "
+                              "print their build or a timing)")
+    _layout_argument(compare)
+    _json_argument(compare)
 
     mount = _add_command(commands, "mount", [detect_parent], epilog=mount_options_text())
     mount.add_argument("--root", metavar="ROOT", help="the store (default: MOUNTPOINT, in place)")
@@ -287,6 +328,22 @@ def _run_check(args: argparse.Namespace) -> int:
     return 1 if any(finding.severity is Severity.ERROR for finding in findings) else 0
 
 
+def _run_compare(args: argparse.Namespace) -> int:
+    detection = detect(detect_options(args))
+    store = _scan(args, detection)
+    relpath = view_relpath(store, args.relpath)
+    settings = Settings(budget=args.budget, min_rounds=max(args.min_rounds, 1),
+                        max_rounds=max(args.max_rounds, args.min_rounds, 1),
+                        tolerance=args.tolerance, timeout=args.timeout or None)
+    report_, status = run_compare(
+        store, relpath, detection.target(require_trusted=os.geteuid() == 0),
+        {"level": detection.level, "decided_by": detection.decided_by},
+        args.program_args, args.stdin, settings,
+        check_output=not args.status_only)
+    report.emit(report_, args.json)
+    return status
+
+
 def _run_mount(args: argparse.Namespace) -> int:
     from hwcaps_fs.commands.mount import mount
     from hwcaps_fs.core.mount_options import parse_mount_options
@@ -343,16 +400,28 @@ HANDLERS = {
     "levels": _run_levels,
     "which": _run_which,
     "check": _run_check,
+    "compare": _run_compare,
     "mount": _run_mount,
     "umount": _run_umount,
     "run": _run_run,
 }
 
 
+def _program_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``compare``'s own arguments and, after the first ``--``, the program's (kept apart
+    from argparse, which cannot leave ``--json`` alone after positionals)."""
+    if argv[:1] == ["compare"] and "--" in argv:
+        split = argv.index("--")
+        return argv[:split], argv[split + 1 :]
+    return argv, []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = _mount_helper_form(sys.argv[1:] if argv is None else argv)
+    arguments, program_args = _program_arguments(
+        _mount_helper_form(sys.argv[1:] if argv is None else argv))
     try:
         args = build_parser().parse_args(arguments)
+        args.program_args = program_args
         return HANDLERS[args.command](args)
     except HwcapsFsError as error:
         print(f"hwcaps-fs: {error}", file=sys.stderr)
