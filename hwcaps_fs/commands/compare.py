@@ -16,7 +16,7 @@ nothing from a rebuild, so a packager needs evidence. This module measures it:
    docs/packagers.md).
 
 Only :func:`measure` and the command's shell at the end do I/O (runs go through
-:class:`~hwcaps_fs.commands.measure.Runner`).
+:class:`~hwcaps_fs.system.measure.Runner`).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from hwcaps_fs.commands.measure import Outcome, Run, Runner, scratch_file
 from hwcaps_fs.commands.report import Report
 from hwcaps_fs.core import stats
 from hwcaps_fs.core.model import Candidate, Store
 from hwcaps_fs.core.resolve import Target, resolve
 from hwcaps_fs.errors import PathError, show
+from hwcaps_fs.system.measure import Outcome, Run, Runner, scratch_file
 
 #: Version of the ``--json`` document; raised whenever a field changes meaning or goes away.
 SCHEMA_VERSION = 1
@@ -65,13 +65,6 @@ class Plan:
     left_out: tuple[tuple[str, str, str], ...]  # (level, path, reason)
 
 
-def _capped(target: Target, level: str) -> Target:
-    arch = target.architecture
-    rank = arch.rank(level) if level != BASELINE else 0
-    levels = tuple(name for name in target.levels if arch.rank(name) <= rank)
-    return dataclasses.replace(target, levels=levels)
-
-
 def plan(relpath: str, store: Store, target: Target) -> Plan:
     """The builds of ``relpath`` this CPU can run, as resolution would serve them at each
     level up to the target's. Raises nothing: an empty plan means nothing is runnable."""
@@ -79,7 +72,7 @@ def plan(relpath: str, store: Store, target: Target) -> Plan:
     contenders: list[Contender] = []
     seen: set[str] = set()
     for level in (BASELINE, *reversed(target.levels)):
-        served = resolve(relpath, candidates, _capped(target, level)).served
+        served = resolve(relpath, candidates, target.capped(level)).served
         if served is not None and served.path not in seen:
             seen.add(served.path)
             contenders.append(Contender(served.level or BASELINE, served))

@@ -64,7 +64,8 @@ class MountOptions:
     /proc/self/exe, argv[0] and $ORIGIN keep the mounted path) or symlinks to the served
     variant, ``xattr``: with ``off`` getxattr is declined once for all (ENOSYS), which makes
     ``ls -l`` much cheaper (no two round trips per entry for security.selinux and the ACL) at
-    the cost of the ``user.hwcaps.*`` attributes.
+    the cost of the ``user.hwcaps.*`` attributes, ``levels_view`` adds ``.hwcaps/<level>/``:
+    what each level up to this CPU's would serve (:mod:`hwcaps_fs.core.level_views`).
     """
 
     allow_other: bool
@@ -77,6 +78,7 @@ class MountOptions:
     layout: Layout | None = None
     presentation: Presentation = Presentation.FILES
     xattr: bool = True
+    levels_view: bool = False
 
     def serves_root(self) -> bool:
         """Whether root may execute what the view serves (the daemon runs as root, or every
@@ -98,7 +100,7 @@ _Choice = TypeVar("_Choice", bound=enum.Enum)
 
 
 #: Options that are a bare word turning something on.
-FLAGS = frozenset({"allow_other", "auto_unmount", "noexec", "debug"})
+FLAGS = frozenset({"allow_other", "auto_unmount", "noexec", "debug", "levels_view"})
 
 #: Options whose value is one of an enumeration's.
 CHOICES: dict[str, type[enum.Enum]] = {
@@ -121,6 +123,8 @@ DOCUMENTED: tuple[tuple[str, str], ...] = (
                                     "the served file"),
     ("xattr=on|off", "off declines extended attributes once for all: ls -l gets much cheaper, "
                      "user.hwcaps.* goes away"),
+    ("levels_view", "adds .hwcaps/<level>/ at the top of the view: what a CPU at the baseline "
+                    "and at each level this CPU searches would be served"),
     ("fsname=NAME", "the source /proc/mounts shows (default: hwcaps-fs)"),
     ("subtype=NAME", "the type /proc/mounts shows is fuse.NAME (default: hwcaps-fs)"),
 )

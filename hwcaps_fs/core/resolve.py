@@ -15,6 +15,7 @@ so that ``check`` (:mod:`hwcaps_fs.commands.check`) can reuse the same wording.
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,13 @@ class Target:
     require_trusted: bool
     supported: tuple[str, ...] = ()
     capped_by: str | None = None
+
+    def capped(self, level: str) -> Target:
+        """This target as a CPU whose level is ``level`` (or lower) would be: the levels
+        searched stop there (what a v2 machine is served, asked on a v4 one)."""
+        rank = self.architecture.rank(level)
+        levels = tuple(name for name in self.levels if self.architecture.rank(name) <= rank)
+        return dataclasses.replace(self, levels=levels)
 
 
 @dataclass(frozen=True)

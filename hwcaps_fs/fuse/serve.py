@@ -17,6 +17,7 @@ The rules that keep the daemon from deadlocking on its own mount (docs/fuse.md):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import resource
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from hwcaps_fs.core.level_views import level_views
 from hwcaps_fs.core.model import Store
 from hwcaps_fs.core.resolve import Resolution, Target, resolve_store
 from hwcaps_fs.core.view import InodeNumbers, View, build_view, is_privileged
@@ -96,7 +98,13 @@ class _Daemon:
         resolutions = resolve_store(self.store, self.target)
         self.warn_once(self._skips(resolutions.values()))
         options = self.paths.config.options
-        return build_view(self.store, resolutions.values(), presentation=options.presentation,
+        store, served = self.store, list(resolutions.values())
+        if options.levels_view:
+            extra = level_views(self.store, self.target)
+            self.warn_once([extra.warning] if extra.warning else [])
+            store = dataclasses.replace(store, dirs={**store.dirs, **extra.dirs})
+            served += extra.resolutions
+        return build_view(store, served, presentation=options.presentation,
                           link_base=self.link_base, numbers=self.numbers)
 
     def _skips(self, resolutions: Iterable[Resolution]) -> list[str]:
