@@ -20,7 +20,7 @@ from tests.test_units import make_install
 
 TOP = Path(__file__).resolve().parents[1]
 SAMPLE_VALUES = {"LEVEL": "x86-64-v2", "NAME": "view", "glibc|loader": "loader",
-                 "files|symlinks": "symlinks", "on|off": "off"}
+                 "files|symlinks": "symlinks", "on|off": "off", "DIR": "/run/view/bin"}
 
 
 def every_option() -> list[tuple[str, argparse.Action]]:
@@ -51,7 +51,7 @@ def test_the_option_table_is_what_the_parser_accepts() -> None:
         word = f"{option}={SAMPLE_VALUES[value]}" if value else option
         parse_mount_options([word], is_root=True)
     documented = {name.partition("=")[0] for name, _ in DOCUMENTED}
-    assert FLAGS | set(CHOICES) | {"fsname", "subtype", "level"} <= documented
+    assert FLAGS | set(CHOICES) | {"fsname", "subtype", "level", "loader_links"} <= documented
 
 
 @pytest.fixture(scope="module")

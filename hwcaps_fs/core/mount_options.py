@@ -65,7 +65,9 @@ class MountOptions:
     variant, ``xattr``: with ``off`` getxattr is declined once for all (ENOSYS), which makes
     ``ls -l`` much cheaper (no two round trips per entry for security.selinux and the ACL) at
     the cost of the ``user.hwcaps.*`` attributes, ``levels_view`` adds ``.hwcaps/<level>/``:
-    what each level up to this CPU's would serve (:mod:`hwcaps_fs.core.level_views`).
+    what each level up to this CPU's would serve (:mod:`hwcaps_fs.core.level_views`),
+    ``loader_links`` (an absolute directory) shows links to ``hwcaps-loader`` as links into
+    that directory, a view of the system's ``/usr/hwcaps`` (:mod:`hwcaps_fs.core.loader_links`).
     """
 
     allow_other: bool
@@ -79,6 +81,7 @@ class MountOptions:
     presentation: Presentation = Presentation.FILES
     xattr: bool = True
     levels_view: bool = False
+    loader_links: str | None = None
 
     def serves_root(self) -> bool:
         """Whether root may execute what the view serves (the daemon runs as root, or every
@@ -125,6 +128,9 @@ DOCUMENTED: tuple[tuple[str, str], ...] = (
                      "user.hwcaps.* goes away"),
     ("levels_view", "adds .hwcaps/<level>/ at the top of the view: what a CPU at the baseline "
                     "and at each level this CPU searches would be served"),
+    ("loader_links=DIR", "shows every link to hwcaps-loader as a link to DIR/<name>: a system "
+                         "packaged for hwcaps-loader, served unchanged (DIR: a view of its "
+                         "/usr/hwcaps, loader layout)"),
     ("fsname=NAME", "the source /proc/mounts shows (default: hwcaps-fs)"),
     ("subtype=NAME", "the type /proc/mounts shows is fuse.NAME (default: hwcaps-fs)"),
 )
@@ -168,6 +174,10 @@ def parse_mount_options(texts: Sequence[str], *, is_root: bool) -> MountOptions:
             settings["noexec"] = False
         elif value and name in {"fsname", "subtype", "level"}:
             settings[name] = value
+        elif value and name == "loader_links":
+            if not value.startswith("/"):
+                raise UsageError(f"mount option {word}: expected an absolute directory")
+            settings[name] = value.rstrip("/") or "/"
         elif value and name in CHOICES:
             choice = _choice(CHOICES[name], name, value)
             settings[name] = choice is Switch.ON if isinstance(choice, Switch) else choice

@@ -29,6 +29,7 @@ import pyfuse3
 import trio
 
 from hwcaps_fs.core.level_views import level_views
+from hwcaps_fs.core.loader_links import redirect_loader_links
 from hwcaps_fs.core.model import Store
 from hwcaps_fs.core.resolve import Resolution, Target, resolve_store
 from hwcaps_fs.core.view import InodeNumbers, View, build_view, is_privileged
@@ -99,6 +100,8 @@ class _Daemon:
         self.warn_once(self._skips(resolutions.values()))
         options = self.paths.config.options
         store, served = self.store, list(resolutions.values())
+        if options.loader_links is not None:
+            served = redirect_loader_links(served, options.loader_links)
         if options.levels_view:
             extra = level_views(self.store, self.target)
             self.warn_once([extra.warning] if extra.warning else [])

@@ -1,0 +1,72 @@
+"""A system packaged for hwcaps-loader (Solus' layout), served without repackaging: the view of
+``/usr/hwcaps`` (loader layout) and an in-place view of ``/usr/bin`` whose links to the loader
+lead into it (``-o loader_links``). Real mounts, real builds; the loader is a stand-in that
+says it ran, so a test sees when it is still in the path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hwcaps_fs.core.levels import X86_64
+from hwcaps_fs.core.loader_links import is_loader_link
+from hwcaps_fs.core.mount_options import parse_mount_options
+from hwcaps_fs.errors import UsageError
+from tests.builders import compile_level, install
+from tests.mounting import mounted
+
+LOADER = "#!/bin/sh\necho 'hwcaps-loader ran'\n"
+
+
+def run(path: Path) -> str:
+    return subprocess.run([str(path)], capture_output=True, text=True, check=True,
+                          timeout=30).stdout.strip()
+
+
+def solus_system(binaries: Path, usr: Path) -> Path:
+    """usr/bin/foo -> hwcaps-loader (relative, and bar absolute), builds of foo and bar in
+    usr/hwcaps/<level>/bin, the baseline in x86-64-v1; usr/bin/plain is not a loader link."""
+    (usr / "bin").mkdir(parents=True)
+    loader = usr / "bin/hwcaps-loader"
+    loader.write_text(LOADER)
+    loader.chmod(0o755)
+    os.symlink("hwcaps-loader", usr / "bin/foo")
+    os.symlink(str(loader), usr / "bin/bar")
+    install(compile_level(binaries, "baseline", text="plain"), usr / "bin/plain")
+    for level in ("x86-64-v1", "x86-64-v2", "x86-64-v3"):
+        for name in ("foo", "bar"):
+            install(compile_level(binaries, level), usr / "hwcaps" / level / "bin" / name)
+    return usr
+
+
+def test_loader_links_are_recognised() -> None:
+    assert is_loader_link("hwcaps-loader") and is_loader_link("/usr/bin/hwcaps-loader")
+    assert not is_loader_link("/etc/alternatives/awk")
+    options = parse_mount_options(["loader_links=/run/hwcaps-fs/usr/bin/"], is_root=True)
+    assert options.loader_links == "/run/hwcaps-fs/usr/bin"
+    with pytest.raises(UsageError, match="absolute"):
+        parse_mount_options(["loader_links=relative/bin"], is_root=True)
+
+
+def test_a_hwcaps_loader_system_served_without_repackaging(binaries: Path, public: Path,
+                                                           level: str) -> None:
+    usr = solus_system(binaries, public / "store" / "usr")
+    served = min(level, "x86-64-v3", key=lambda name: X86_64.rank(name))
+    expected = "x86-64-v1" if served == "baseline" else served
+    assert run(usr / "bin/foo") == "hwcaps-loader ran"
+    view = public / "mnt"
+    view.mkdir()
+    with mounted(usr / "hwcaps", view, "--layout", "loader"):
+        assert run(view / "bin/foo") == expected
+        with mounted(usr / "bin", usr / "bin", "-o", f"loader_links={view}/bin"):
+            for name in ("foo", "bar"):
+                assert os.readlink(usr / "bin" / name) == f"{view}/bin/{name}"
+                assert run(usr / "bin" / name) == expected
+            assert run(usr / "bin/plain") == "plain"
+            assert run(usr / "bin/hwcaps-loader") == "hwcaps-loader ran"
+        # Unmounted, the directory is what the packages installed.
+        assert os.readlink(usr / "bin/foo") == "hwcaps-loader"
+        assert run(usr / "bin/foo") == "hwcaps-loader ran"
