@@ -56,9 +56,12 @@ EXIT_INTERNAL = 70
 #: Every exit status of the command line, as its manual page lists them.
 EXIT_STATUSES: tuple[tuple[int, str], ...] = (
     (0, "success"),
-    (1, "check found errors; which found no usable candidate"),
+    (1, "check found errors; which found no usable candidate; compare found a build that does "
+        "not behave like the baseline"),
     (UsageError.exit_code, "bad command line, option, level name or configuration file"),
-    (PathError.exit_code, "ROOT or MOUNTPOINT missing, not a directory, or unreadable"),
+    (PathError.exit_code, "a path given is missing or unusable: ROOT or MOUNTPOINT (not a "
+                          "directory, unreadable), a RELPATH that names nothing in the store, a "
+                          "--cpuinfo, --auxv or --stdin file"),
     (MountError.exit_code, "the mount could not be made or removed"),
     (EXIT_INTERNAL, "internal error (a bug: please report it; HWCAPS_FS_DEBUG=1 shows the "
                     "traceback)"),

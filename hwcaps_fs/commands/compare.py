@@ -12,8 +12,7 @@ nothing from a rebuild, so a packager needs evidence. This module measures it:
 3. :func:`compare_results` turns the timings into speed-ups with confidence intervals
    (:mod:`hwcaps_fs.stats`), checks that every build's output and exit status equal the
    baseline's, and says what a packager should do;
-4. :func:`render` prints that for people, or as JSON (:data:`SCHEMA_VERSION`, documented in
-   docs/packagers.md).
+4. :func:`render` prints that for people, or as JSON (fields documented in docs/json.md).
 
 Only :func:`measure` and the command's shell at the end do I/O (runs go through
 :class:`~hwcaps_fs.system.measure.Runner`).
@@ -32,15 +31,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from hwcaps_fs.commands.report import Report
+from hwcaps_fs.commands.report import SCHEMA, Report
 from hwcaps_fs.core import stats
 from hwcaps_fs.core.model import Candidate, Store
 from hwcaps_fs.core.resolve import Target, resolve
 from hwcaps_fs.errors import PathError, show
 from hwcaps_fs.system.measure import Outcome, Run, Runner, scratch_file
-
-#: Version of the ``--json`` document; raised whenever a field changes meaning or goes away.
-SCHEMA_VERSION = 1
 
 BASELINE = "baseline"
 
@@ -381,7 +377,7 @@ def render(result: Result, root: str, argv: Sequence[str], stdin: str,
     text += [f"  note: {note}" for note in result.notes]
     text.append(result.advice)
     data: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
+        "schema": SCHEMA,
         "root": root,
         "relpath": plan_.relpath,
         "argv": list(argv),
@@ -404,7 +400,6 @@ def render(result: Result, root: str, argv: Sequence[str], stdin: str,
                          "verdict": c.verdict.value} for c in result.comparisons],
         "not_measured": [{"level": level, "path": path, "reason": reason}
                          for level, path, reason in plan_.left_out],
-        "differences": dict(result.differences),
         "notes": list(result.notes),
         "advice": result.advice,
         "advice_code": result.advice_code,

@@ -30,6 +30,9 @@ VALUE_KINDS: dict[str, str | tuple[str, ...]] = {
     "DIR": "@directory",
     "MOUNTPOINT": "@directory",
     "RELPATH": "@file",
+    "SECONDS": (),
+    "N": (),
+    "FRACTION": (),
     "-- CMD [ARGS...]": "@command",
 }
 
