@@ -166,7 +166,9 @@ def detect(options: DetectOptions) -> Detection:
 
     view = archspec_view(arch, fields) if fields else None
     if view is not None:
-        _compare_archspec(view.level, view.warning, evaluation, steps, warnings)
+        # archspec knows nothing of GLIBC_TUNABLES: compare it with the unmasked rules.
+        plain = evaluate(arch, fields, auxv, cpuinfo_path) if masked and text else evaluation
+        _compare_archspec(view.level, view.warning, plain, steps, warnings)
 
     level, decided_by = _apply_overrides(arch, hardware, overrides, forced, steps)
     isa_bits = hardware.isa_bits
