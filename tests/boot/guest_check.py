@@ -31,7 +31,7 @@ MOUNTPOINTS = ("/usr/bin", "/opt/hwcaps", "/opt/svcstore")
 UNITS = ("usr-bin.mount", "opt-hwcaps.mount", "hwcaps-fs@opt-svcstore.service",
          "local-fs.target")
 UNIT_PROPERTIES = ("ActiveState", "SubState", "Result", "ConditionResult",
-                   "ActiveEnterTimestampMonotonic")
+                   "ActiveEnterTimestampMonotonic", "StatusText")
 #: A user whom /etc/sudoers.d lets run anything without a password (run.py creates it).
 SUDO_USER = "hwcaps-sudo"
 SUDO = Path("/usr/bin/sudo")

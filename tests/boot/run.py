@@ -35,6 +35,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,9 @@ CPU_MODELS: dict[str, str | None] = {
     "max": None,
 }
 VARIANT_LEVELS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
-DEPLOYMENTS = ("usr-bin.mount", "opt-hwcaps.mount", "hwcaps-fs@opt-svcstore.service")
+#: The Type=notify service among the deployments.
+SERVICE = "hwcaps-fs@opt-svcstore.service"
+DEPLOYMENTS = ("usr-bin.mount", "opt-hwcaps.mount", SERVICE)
 CHECK_UNIT = "hwcaps-boot-check.service"
 CHECK_DIR = "usr/local/libexec/hwcaps-boot"
 RESULT = "var/log/hwcaps-boot/result.json"
@@ -314,6 +317,9 @@ def judge(boot: Boot) -> None:
         check(f"{mountpoint} mounted", fstype == "fuse.hwcaps-fs", f"{fstype}")
     for probe, run in probes.items():
         check(f"{probe} runs {level}", output_of(run) == level, output_of(run))
+    status = units[SERVICE].get("StatusText", "")
+    check(f"{SERVICE} tells systemd what it serves (STATUS=)",
+          status.startswith(f"serving /opt/svcstore: level {level} (decided by "), status)
     judge_crash(result.get("crash"), level, check)
     judge_service_crash(result.get("service_crash"), level, check)
     judge_journal(boot.journal, check)
@@ -354,7 +360,7 @@ def judge_service_crash(crash: object, level: str,
     if not isinstance(crash, dict) or not crash.get("daemon_pid"):
         check("service crash test: the service's daemon was found", False, f"{crash}")
         return
-    unit = "hwcaps-fs@opt-svcstore.service"
+    unit = SERVICE
     check("service crash test: systemd restarts the killed daemon (Restart=on-failure)",
           crash["new_pid"] not in (0, crash["daemon_pid"])
           and crash["units"][unit].get("ActiveState") == "active",
@@ -371,6 +377,15 @@ def judge_journal(journal: str, check: Callable[[str, bool, str], None]) -> None
                 "Traceback"):
         found = [line for line in lines if bad in line]
         check(f"journal: no '{bad}'", not found, found[0] if found else "")
+    # Under the journal the daemon writes "<N>message": journald shows the message with its
+    # priority and its own "hwcaps-fs[pid]:", once.
+    doubled = [line for line in lines
+               if re.search(r"hwcaps-fs\[\d+\]: (hwcaps-fs\[|<\d>)", line)]
+    check("journal: hwcaps-fs lines have one prefix and their priority parsed", not doubled,
+          doubled[0] if doubled else "")
+    started = [line for line in lines
+               if re.search(r"hwcaps-fs\[\d+\]: serving /opt/svcstore: ", line)]
+    check("journal: the service says what it serves", bool(started), started[0] if started else "")
     # The check service powers off once done: every mount after that line is the shutdown's.
     done = max((i for i, line in enumerate(lines) if CHECK_UNIT in line), default=len(lines))
     for unit in DEPLOYMENTS:
