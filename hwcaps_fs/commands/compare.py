@@ -173,13 +173,16 @@ def conclusive(plan_: Plan, samples: Mapping[str, Samples], settings: Settings) 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The speed-up of ``level`` over ``reference`` and what it means."""
+    """The speed-up of ``level`` over ``reference`` and what it means: ``verdict`` by wall
+    time (what users wait for), ``cpu_verdict`` by CPU time (which other load on the machine
+    disturbs less, for single-threaded programs)."""
 
     level: str
     reference: str
     wall: stats.Ratio
     cpu: stats.Ratio
     verdict: stats.Verdict
+    cpu_verdict: stats.Verdict
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,8 @@ def compare_results(plan_: Plan, measurement: Measurement, settings: Settings,
             wall = stats.speedup(samples[low].walls, samples[high].walls, settings.confidence)
             cpu = stats.speedup(samples[low].cpus, samples[high].cpus, settings.confidence)
             comparisons.append(Comparison(high, low, wall, cpu,
-                                          stats.verdict(wall, settings.tolerance)))
+                                          stats.verdict(wall, settings.tolerance),
+                                          stats.verdict(cpu, settings.tolerance)))
     advice, code = _advice(plan_, measurement, tuple(comparisons), differences, settings)
     return Result(plan_, measurement, tuple(comparisons), differences, tuple(notes), advice,
                   code)
@@ -294,9 +298,13 @@ def _advice(plan_: Plan, measurement: Measurement, comparisons: tuple[Comparison
         return (f"{served} is slower than the {reference} on this CPU "
                 f"({_times(over_base.wall)} as fast); glibc would serve {served}. "
                 f"Drop the {served} build.", "served-is-slower")
+    by_cpu = ""
+    if over_base.cpu_verdict is not stats.Verdict.UNCLEAR:
+        by_cpu = (f" By CPU time, which other load disturbs less, it is "
+                  f"{_times(over_base.cpu)} as fast ({over_base.cpu_verdict.value}).")
     return (f"Inconclusive after {measurement.rounds} rounds ({measurement.stopped_by}): "
-            f"{served} is {_times(over_base.wall)} as fast as the {reference}. Measure "
-            "longer (--budget) or on a quieter machine.", "inconclusive")
+            f"{served} is {_times(over_base.wall)} as fast as the {reference}.{by_cpu} "
+            "Measure longer (--budget) or on a quieter machine.", "inconclusive")
 
 
 def _summary_data(summary: stats.Summary) -> dict[str, float]:
@@ -397,7 +405,8 @@ def render(result: Result, root: str, argv: Sequence[str], stdin: str,
         "candidates": candidates,
         "comparisons": [{"level": c.level, "reference": c.reference,
                          "wall_speedup": _ratio_data(c.wall), "cpu_speedup": _ratio_data(c.cpu),
-                         "verdict": c.verdict.value} for c in result.comparisons],
+                         "verdict": c.verdict.value, "cpu_verdict": c.cpu_verdict.value}
+                        for c in result.comparisons],
         "not_measured": [{"level": level, "path": path, "reason": reason}
                          for level, path, reason in plan_.left_out],
         "notes": list(result.notes),
