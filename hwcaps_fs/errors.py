@@ -45,9 +45,26 @@ class CommandNotExecutableError(HwcapsFsError):
     exit_code = 126
 
 
-def show(path: str) -> str:
-    """``path`` printable as UTF-8 (undecodable bytes as ``\\xNN``), for messages."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+def show(name: str) -> str:
+    """``name`` (a path or file name) safe to print in a message, a log line or a report.
+
+    Names are data a user may choose: a newline in one would forge a log line, an escape
+    sequence would drive the terminal. A name of printable characters is shown as it is;
+    any other is put in single quotes with Python's escapes (``'a\\nb'``, ``'\\x1b'``),
+    bytes that are not UTF-8 as ``\\xNN``, and quotes and backslashes escaped.
+    """
+    if name.isprintable():
+        return name
+    return "'" + "".join(map(_escape, name)) + "'"
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte os.fsdecode could not decode
+        return f"\\x{code - 0xDC00:02x}"
+    if char in "\\'":
+        return "\\" + char
+    return char if char.isprintable() else repr(char)[1:-1]
 
 
 #: Exit status for a bug (sysexits EX_SOFTWARE), so it is never mistaken for a user error.

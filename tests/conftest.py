@@ -13,6 +13,7 @@ from hwcaps_fs.detect.cpu import DetectOptions, detect
 from tests.builders import gcc_available
 from tests.mounting import cleanup
 from tests.places import OthersPython, public_temporary_directory, python_for_others
+from tests.users import User, missing_tools, temporary_user
 
 
 def can_mount_fuse() -> str | None:
@@ -92,3 +93,13 @@ def public(fuse_ok: None) -> Iterator[Path]:
         for mountpoint in (path / "mnt", path / "store"):
             cleanup(mountpoint)
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def attacker() -> Iterator[User]:
+    """A real non-root user of its own, removed after the test (tests.users)."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    with temporary_user() as user:
+        yield user

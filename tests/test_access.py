@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import stat
+import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwcaps_fs.core.access import PERMISSION_BITS, DirAccess, reachable_bits
+from hwcaps_fs.core.access import PERMISSION_BITS, AclTag, DirAccess, acl_bits, reachable_bits
 
 PUBLIC = DirAccess(0, 0, stat.S_IFDIR | 0o755)
 ROOT_ONLY = DirAccess(0, 0, stat.S_IFDIR | 0o700)
@@ -69,3 +70,34 @@ def test_the_view_never_allows_what_the_real_path_refuses(
             real = all(allowed(uid, groups, *d, 1) for d in directories) and allowed(
                 uid, groups, owner, group, mode, want)
             assert real or not through_view, (uid, groups, want)
+
+
+def acl(*entries: tuple[AclTag, int]) -> bytes:
+    """A ``system.posix_acl_access`` value with ``entries`` (tag, permissions), ids 1000."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 1000)
+                                            for tag, perm in entries)
+
+
+BASE = ((AclTag.USER_OBJ, 0o7), (AclTag.GROUP_OBJ, 0o5), (AclTag.OTHER, 0o5))
+
+
+@pytest.mark.parametrize(
+    ("data", "bits"),
+    [
+        (None, PERMISSION_BITS),
+        (acl(*BASE), 0o755),
+        (acl(*BASE, (AclTag.USER, 0), (AclTag.MASK, 0o5)), 0o700),
+        (acl(*BASE, (AclTag.GROUP, 0o7), (AclTag.MASK, 0o4)), 0o744),
+        (acl(*BASE, (AclTag.USER, 0o7), (AclTag.MASK, 0o7)), 0o755),
+        (b"\x02\x00", 0o700),
+        (struct.pack("<I", 1), 0o700),
+    ],
+)
+def test_acl_bits(data: bytes | None, bits: int) -> None:
+    assert acl_bits(data) == bits
+
+
+def test_an_acl_on_a_directory_counts_as_its_mode() -> None:
+    denies_named = DirAccess(0, 0, stat.S_IFDIR | 0o755,
+                             acl_bits(acl(*BASE, (AclTag.USER, 0), (AclTag.MASK, 0o5))))
+    assert reachable_bits(0, 0, [denies_named]) == 0o700

@@ -21,8 +21,17 @@ from tests.mounting import DEADLINE, ENVIRONMENT, mounted
 def test_priorities_are_syslog_s() -> None:
     assert [priority(level) for level in (logging.DEBUG, logging.INFO, logging.WARNING,
                                           logging.ERROR, logging.CRITICAL)] == [7, 6, 4, 3, 2]
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "%s", ("one",), None)
+    try:
+        raise ValueError("traceback")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    lines = JournalFormatter("%(message)s").format(record).splitlines()
+    assert lines[0] == "<4>one" and len(lines) > 2
+    assert all(line.startswith("<4>") for line in lines)
+    # A newline in a message is data (a file name): quoted, never a second line.
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "two\nlines", None, None)
-    assert JournalFormatter("%(message)s").format(record) == "<4>two\n<4>lines"
+    assert JournalFormatter("%(message)s").format(record) == "<4>'two\\nlines'"
 
 
 def unusable_variant(store: Path, level: str, name: str) -> Path:

@@ -19,8 +19,9 @@ from tests.mounting import hwcaps_fs
 from tests.test_units import make_install
 
 TOP = Path(__file__).resolve().parents[1]
-SAMPLE_VALUES = {"LEVEL": "x86-64-v2", "NAME": "view", "glibc|loader": "loader",
-                 "files|symlinks": "symlinks", "on|off": "off", "DIR": "/run/view/bin"}
+SAMPLE_VALUES = {"LEVEL": "x86-64-v2", "NAME": "view", "hwcaps-fs.SUFFIX": "hwcaps-fs.view",
+                 "glibc|loader": "loader", "files|symlinks": "symlinks", "on|off": "off",
+                 "DIR": "/run/view/bin"}
 
 
 def every_option() -> list[tuple[str, argparse.Action]]:

@@ -31,12 +31,12 @@ def test_what_mount_fuse3_and_fstab_pass_is_accepted() -> None:
 def test_ours_and_fuse_options() -> None:
     options = parse_mount_options(
         ["level=x86-64-v2,layout=loader", "presentation=symlinks,xattr=off",
-         "auto_unmount,debug,noexec,fsname=store,subtype=hw"], is_root=False)
+         "auto_unmount,debug,noexec,fsname=store,subtype=hwcaps-fs.hw"], is_root=False)
     assert options == MountOptions(
         allow_other=False, auto_unmount=True, noexec=True, debug=True, fsname="store",
-        subtype="hw", level="x86-64-v2", layout=Layout.LOADER,
+        subtype="hwcaps-fs.hw", level="x86-64-v2", layout=Layout.LOADER,
         presentation=Presentation.SYMLINKS, xattr=False)
-    assert {"auto_unmount", "debug", "noexec", "fsname=store", "subtype=hw"} <= (
+    assert {"auto_unmount", "debug", "noexec", "fsname=store", "subtype=hwcaps-fs.hw"} <= (
         options.fuse_options())
 
 
@@ -52,6 +52,7 @@ def test_later_words_win() -> None:
     ("presentation=hardlinks", "presentation=hardlinks: expected files|symlinks"),
     ("layout=debian", "layout=debian: expected glibc|loader"),
     ("xattr=maybe", "xattr=maybe: expected on|off"),
+    ("subtype=sshfs", "subtype=sshfs: must be hwcaps-fs or begin with hwcaps-fs."),
 ])
 def test_bad_options_are_one_line_usage_errors(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):

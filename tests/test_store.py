@@ -11,7 +11,7 @@ import pytest
 
 from hwcaps_fs.core.levels import X86_64
 from hwcaps_fs.core.model import Layout, Store, locate
-from hwcaps_fs.errors import PathError
+from hwcaps_fs.errors import PathError, show
 from hwcaps_fs.store.scan import (
     detect_layout,
     rescan_dir,
@@ -199,7 +199,7 @@ def test_capability_is_read(tmp_path: Path) -> None:
     assert scan(str(tmp_path), X86_64).files["bin/plain"][None].capability is None
 
 
-def test_untrusted_dir(tmp_path: Path) -> None:
+def test_untrusted(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to own the store")
     os.chown(tmp_path, 0, 0)
@@ -210,13 +210,14 @@ def test_untrusted_dir(tmp_path: Path) -> None:
     (tmp_path / "sticky").chmod(0o1777)
     (tmp_path / "glibc-hwcaps").chmod(0o775)
     store = scan(str(tmp_path), X86_64)
-    assert store.files["bin/foo"][None].untrusted_dir is None
-    assert store.files["sticky/foo"][None].untrusted_dir is None
-    assert store.files["bin/foo"]["x86-64-v3"].untrusted_dir == "glibc-hwcaps"
+    writable = "directory {} is writable by a non-root user".format
+    assert store.files["bin/foo"][None].untrusted is None
+    assert store.files["sticky/foo"][None].untrusted is None
+    assert store.files["bin/foo"]["x86-64-v3"].untrusted == writable("glibc-hwcaps")
     os.chown(tmp_path / "bin", 1000, 1000)
-    assert scan(str(tmp_path), X86_64).files["bin/foo"][None].untrusted_dir == "bin"
+    assert scan(str(tmp_path), X86_64).files["bin/foo"][None].untrusted == writable("bin")
     tmp_path.chmod(0o777)
-    assert scan(str(tmp_path), X86_64).files["bin/foo"][None].untrusted_dir == "."
+    assert scan(str(tmp_path), X86_64).files["bin/foo"][None].untrusted == writable(".")
 
 
 def test_root_errors(tmp_path: Path) -> None:
@@ -265,3 +266,17 @@ def test_locate(tmp_path: Path) -> None:
     assert locate(loader, "x86-64-v1/foo") == (None, "foo")
     assert locate(loader, "x86-64-v4/a/b") == ("x86-64-v4", "a/b")
     assert locate(loader, "README") is None
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("bin/foo", "bin/foo"),
+    ("my prog", "my prog"),
+    ("a\nforged line", "'a\\nforged line'"),
+    ("\x1b[2Jclear", "'\\x1b[2Jclear'"),
+    ("it's\t", "'it\\'s\\t'"),
+    (os.fsdecode(b"caf\xe9"), "'caf\\xe9'"),
+    ("right\u202eleft", "'right\\u202eleft'"),
+])
+def test_names_are_shown_quoted_when_not_printable(name: str, shown: str) -> None:
+    assert show(name) == shown
+    assert show(shown) == shown

@@ -25,9 +25,10 @@ MOUNTINFO = """\
 
 def test_parse_mountinfo() -> None:
     assert parse_mountinfo(MOUNTINFO) == [
-        MountEntry(22, "/", "ext4", "/dev/vda1"),
-        MountEntry(42, "/tmp/with space", "fuse.hwcaps-fs", "hwcaps-fs"),
-        MountEntry(43, "/tmp/with space", "fuse.hwcaps-fs", "store"),
+        MountEntry(22, "/", "ext4", "/dev/vda1", frozenset({"rw", "relatime"})),
+        MountEntry(42, "/tmp/with space", "fuse.hwcaps-fs", "hwcaps-fs",
+                   frozenset({"ro", "nosuid", "nodev", "relatime"})),
+        MountEntry(43, "/tmp/with space", "fuse.hwcaps-fs", "store", frozenset({"ro"})),
     ]
 
 

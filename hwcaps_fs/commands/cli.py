@@ -25,7 +25,7 @@ from hwcaps_fs.core.model import Layout, Store
 from hwcaps_fs.core.mount_options import ALWAYS, DOCUMENTED
 from hwcaps_fs.core.resolve import resolve
 from hwcaps_fs.detect.cpu import Detection, DetectOptions, detect
-from hwcaps_fs.errors import EXIT_INTERNAL, HwcapsFsError, UsageError
+from hwcaps_fs.errors import EXIT_INTERNAL, HwcapsFsError, UsageError, show
 from hwcaps_fs.store.scan import scan
 
 
@@ -37,12 +37,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _detect_arguments() -> _Parser:
+    """What every command that detects the level accepts: the overrides, the configuration."""
     parent = _Parser(add_help=False)
     group = parent.add_argument_group("level detection")
     group.add_argument("--level", "--max-level", dest="level", metavar="LEVEL",
                        help="highest level to use: lowers what the CPU supports, never raises it")
     group.add_argument("--force-level", metavar="LEVEL",
                        help="use exactly LEVEL, even above what the CPU supports (risks SIGILL)")
+    group.add_argument("--config", metavar="FILE", default="/etc/hwcaps-fs.toml",
+                       help="configuration file (default: %(default)s)")
+    return parent
+
+
+def _diagnostic_arguments() -> _Parser:
+    """Another machine's description, for the commands that only report (levels, which,
+    check): a mount serves what this machine's loader runs, never what a file says."""
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("another machine")
     group.add_argument("--cpuinfo", metavar="FILE",
                        help="compute the level from this /proc/cpuinfo instead of asking ld.so, "
                             "with glibc's rules and the GLIBC_TUNABLES of the environment; a "
@@ -53,8 +64,6 @@ def _detect_arguments() -> _Parser:
                        help="aux vector for --cpuinfo (AT_HWCAP/AT_HWCAP2 on ppc64le, s390x)")
     group.add_argument("--machine", metavar="MACHINE",
                        help="architecture of --cpuinfo, as uname -m says it (default: guessed)")
-    group.add_argument("--config", metavar="FILE", default="/etc/hwcaps-fs.toml",
-                       help="configuration file (default: %(default)s)")
     return parent
 
 
@@ -180,6 +189,7 @@ def _add_command(commands: argparse._SubParsersAction[_Parser], name: str,
 
 def build_parser() -> argparse.ArgumentParser:
     detect_parent = _detect_arguments()
+    report_parents = [detect_parent, _diagnostic_arguments()]
     parser = _Parser(prog="hwcaps-fs", description=_paragraph(DESCRIPTION),
                      epilog=_paragraph("'hwcaps-fs COMMAND --help' describes each command, with "
                                        "examples. Manual pages: hwcaps-fs(1), "
@@ -189,16 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    levels = _add_command(commands, "levels", [detect_parent])
+    levels = _add_command(commands, "levels", report_parents)
     _json_argument(levels)
 
-    which = _add_command(commands, "which", [detect_parent])
+    which = _add_command(commands, "which", report_parents)
     which.add_argument("root", metavar="ROOT", help="the store")
     which.add_argument("relpath", metavar="RELPATH", help="a name in the view, as bin/foo")
     _layout_argument(which)
     _json_argument(which)
 
-    check = _add_command(commands, "check", [detect_parent])
+    check = _add_command(commands, "check", report_parents)
     check.add_argument("root", metavar="ROOT", help="the store")
     _layout_argument(check)
     _json_argument(check)
@@ -284,13 +294,15 @@ def _mount_helper_form(argv: Sequence[str]) -> list[str]:
     return list(argv)
 
 
-def detect_options(args: argparse.Namespace, level: str | None = None) -> DetectOptions:
+def detect_options(args: argparse.Namespace, option_level: str | None = None) -> DetectOptions:
+    """Detection as the command line asks; ``option_level`` is ``-o level=`` (mount, run)."""
     return DetectOptions(
-        max_level=level or args.level,
+        max_level=args.level,
+        option_level=option_level,
         force_level=args.force_level,
-        cpuinfo=args.cpuinfo,
-        auxv=args.auxv,
-        machine=args.machine,
+        cpuinfo=getattr(args, "cpuinfo", None),
+        auxv=getattr(args, "auxv", None),
+        machine=getattr(args, "machine", None),
         environ=dict(os.environ),
         config=args.config,
     )
@@ -355,7 +367,7 @@ def _run_mount(args: argparse.Namespace) -> int:
         root=root,
         mountpoint=mountpoint,
         options=options,
-        detect_options=detect_options(args, level=options.level),
+        detect_options=detect_options(args, options.level),
         layout=_layout(args.layout) or options.layout,
         foreground=args.foreground,
     )
@@ -368,7 +380,8 @@ def _root_and_mountpoint(option: str | None, source: str | None,
     """``[--root ROOT] MOUNTPOINT``, or ``ROOT MOUNTPOINT`` in mount(8)'s order."""
     if option is not None and source is not None:
         raise UsageError(f"mount: ROOT given twice (--root {option} and {source})")
-    return option or source or mountpoint, mountpoint
+    # An empty ROOT is not "no ROOT": preflight refuses it rather than mounting in place.
+    return next((path for path in (option, source) if path is not None), mountpoint), mountpoint
 
 
 def _run_umount(args: argparse.Namespace) -> int:
@@ -390,7 +403,7 @@ def _run_run(args: argparse.Namespace) -> int:
         root=args.root,
         mountpoint=args.mountpoint,
         command=command,
-        detect_options=detect_options(args, level=options.level),
+        detect_options=detect_options(args, options.level),
         mount_options=options,
         layout=_layout(args.layout) or options.layout,
     ))
@@ -424,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.program_args = program_args
         return HANDLERS[args.command](args)
     except HwcapsFsError as error:
-        print(f"hwcaps-fs: {error}", file=sys.stderr)
+        print(f"hwcaps-fs: {show(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         return 130
@@ -433,6 +446,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if os.environ.get("HWCAPS_FS_DEBUG"):
             raise
-        print(f"hwcaps-fs: internal error: {type(error).__name__}: {error} "
+        print(f"hwcaps-fs: internal error: {type(error).__name__}: {show(str(error))} "
               "(HWCAPS_FS_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_INTERNAL

@@ -5,14 +5,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 
 from hwcaps_fs.errors import MountError
-from hwcaps_fs.fuse.serve import serve
+from hwcaps_fs.fuse.serve import Serving, serve
 from hwcaps_fs.system.logs import log_to_stderr
 from hwcaps_fs.system.mountinfo import mounts_at
 from hwcaps_fs.system.namespaces import detach
 from hwcaps_fs.system.namespaces import umount as sys_umount
-from hwcaps_fs.system.preflight import MountConfig, check_paths
+from hwcaps_fs.system.preflight import MountConfig, MountLock, canonical, check_paths
 from hwcaps_fs.system.process import notify, start_detached
 
 
@@ -27,21 +28,36 @@ def mount(config: MountConfig, *, stderr_fallback: bool = False) -> None:
     quiet = not (config.foreground or config.options.debug)
     log_to_stderr(logging.DEBUG if config.options.debug else
                   logging.WARNING if quiet else logging.INFO)
-    paths = check_paths(config)
-    if config.foreground:
-        serve(paths, lambda serving: notify(f"READY=1\nSTATUS={serving.status()}"))
-        notify("STOPPING=1")
-        return
-    start_detached(lambda ready: serve(paths, lambda serving: ready()),
-                   keep_stdio=config.options.debug, what=paths.mountpoint,
-                   stderr_fallback=stderr_fallback)
+    lock = MountLock(canonical(config.mountpoint, "MOUNTPOINT"))
+    try:
+        paths = check_paths(config)
+        if config.foreground:
+            def ready(serving: Serving) -> None:
+                lock.release()
+                notify(f"READY=1\nSTATUS={serving.status()}")
+
+            serve(paths, ready)
+            notify("STOPPING=1")
+            return
+
+        def daemon(ready: Callable[[], None]) -> None:
+            lock.forget()
+            serve(paths, lambda serving: ready())
+
+        start_detached(daemon, keep_stdio=config.options.debug, what=paths.mountpoint,
+                       stderr_fallback=stderr_fallback)
+    finally:
+        lock.release()
 
 
 def unmount(mountpoint: str) -> None:
-    """Unmount the hwcaps-fs mount at ``mountpoint``; the daemon then exits by itself."""
-    path = os.path.abspath(mountpoint)
-    if not any(entry.is_fuse for entry in mounts_at(path)):
-        raise MountError(f"{path}: no hwcaps-fs mount there")
+    """Unmount the hwcaps-fs view at ``mountpoint`` (nothing else: not an sshfs mounted
+    there); the daemon then exits by itself."""
+    path = canonical(mountpoint, "MOUNTPOINT")
+    on_top = mounts_at(path)
+    if not on_top or not on_top[-1].is_view:
+        there = f" (the mount there is {on_top[-1].fstype})" if on_top else ""
+        raise MountError(f"{path}: no hwcaps-fs view there{there}")
     if os.geteuid() != 0:
         detach(path)
         return

@@ -14,6 +14,7 @@ from hwcaps_fs.commands.check import Finding, Severity
 from hwcaps_fs.core.model import Candidate, Store
 from hwcaps_fs.core.resolve import Resolution
 from hwcaps_fs.detect.cpu import Detection
+from hwcaps_fs.errors import show
 
 
 @dataclass
@@ -26,7 +27,9 @@ def emit(report: Report, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.data, indent=2, sort_keys=True))
     else:
-        print("\n".join(report.text))
+        # Each line once more through show(): a name that reached a line unquoted cannot
+        # break it or reach the terminal as control characters.
+        print("\n".join(map(show, report.text)))
 
 
 #: The version of the JSON outputs' fields: raised when a field changes meaning or goes away
@@ -122,10 +125,11 @@ def which(detection: Detection, store: Store, resolution: Resolution) -> Report:
     served = resolution.served
     text = []
     if served:
-        text.append(f"{resolution.relpath}: {_level_label(served)} -> {served.source}")
+        text.append(f"{show(resolution.relpath)}: {_level_label(served)} -> {show(served.source)}")
     else:
-        text.append(f"{resolution.relpath}: no usable candidate in {store.root}")
-    text += [f"  skipped {_level_label(skip.candidate)} ({skip.candidate.path}): {skip.reason}"
+        text.append(f"{show(resolution.relpath)}: no usable candidate in {show(store.root)}")
+    text += [f"  skipped {_level_label(skip.candidate)} ({show(skip.candidate.path)}): "
+             f"{skip.reason}"
              for skip in resolution.skipped]
     text.append(f"  (level in effect: {detection.level}, decided by {detection.decided_by}; "
                 f"layout: {store.layout.value})")
@@ -148,8 +152,8 @@ def check(store: Store, findings: list[Finding]) -> Report:
     errors = sum(1 for finding in findings if finding.severity is Severity.ERROR)
     warnings = len(findings) - errors
     text = [str(finding) for finding in findings]
-    text.append(f"{store.root}: {len(store.files)} names, {errors} errors, {warnings} warnings "
-                f"(layout: {store.layout.value})")
+    text.append(f"{show(store.root)}: {len(store.files)} names, {errors} errors, "
+                f"{warnings} warnings (layout: {store.layout.value})")
     data = {
         "schema": SCHEMA,
         "root": store.root,

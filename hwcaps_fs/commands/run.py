@@ -57,11 +57,12 @@ from hwcaps_fs.errors import (
     MountError,
     PathError,
     UsageError,
+    show,
 )
 from hwcaps_fs.store.scan import scan
 from hwcaps_fs.system import handshake, namespaces
 from hwcaps_fs.system.namespaces import Isolation
-from hwcaps_fs.system.preflight import MountConfig
+from hwcaps_fs.system.preflight import MountConfig, canonical
 
 #: Set for CMD to the view's directory when no ``--mountpoint`` was given (it has no other
 #: way to know where the private directory is). Nothing else in CMD's environment changes.
@@ -103,8 +104,10 @@ def run(config: RunConfig) -> NoReturn:
     if not config.command:
         raise UsageError("run: no command given (hwcaps-fs run --root ROOT -- CMD [ARGS...])")
     # The keeper works from "/", so every path it gets is made absolute here.
-    mountpoint = None if config.mountpoint is None else os.path.abspath(config.mountpoint)
-    config = replace(config, root=os.path.abspath(config.root), mountpoint=mountpoint)
+    mountpoint = (None if config.mountpoint is None
+                  else canonical(config.mountpoint, "MOUNTPOINT"))
+    config = replace(config, root=canonical(config.root, "ROOT"),
+                     mountpoint=mountpoint)
     isolation = namespaces.isolate()
     view = _start_keeper(config, isolation)
     environ = dict(os.environ)
@@ -219,8 +222,8 @@ def _prepare_view(config: RunConfig, isolation: Isolation,
         except (MountError, OSError) as exc:
             reason = str(exc)
     _serve_symlinks(config, isolation, top, cleanup)
-    print(f"hwcaps-fs: FUSE unavailable ({reason}): serving a symlink view of {config.root} "
-          f"in {top}", file=sys.stderr, flush=True)
+    print(show(f"hwcaps-fs: FUSE unavailable ({reason}): serving a symlink view of "
+               f"{config.root} in {top}"), file=sys.stderr, flush=True)
     return top
 
 
@@ -250,7 +253,7 @@ def _directory(mountpoint: str | None, cleanup: contextlib.ExitStack) -> str:
     if mountpoint is None:
         return _private_directory(cleanup)
     try:
-        os.mkdir(mountpoint, 0o755)
+        namespaces.make_directory(mountpoint, 0o755)
     except FileExistsError:
         if not os.path.isdir(mountpoint):
             raise PathError(f"MOUNTPOINT {mountpoint}: not a directory") from None
@@ -336,7 +339,7 @@ def _serve_symlinks(config: RunConfig, isolation: Isolation, top: str,
     detection = detect(config.detect_options)
     store = scan(config.root, detection.architecture, config.layout)
     for message in (*detection.warnings, *store.warnings):
-        print(f"hwcaps-fs: warning: {message}", file=sys.stderr, flush=True)
+        print(show(f"hwcaps-fs: warning: {message}"), file=sys.stderr, flush=True)
     target = detection.target(require_trusted=config.mount_options.serves_root())
     resolutions = resolve_store(store, target)
     view = plan_symlink_view(store, resolutions)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from hwcaps_fs.core.model import Store
 from hwcaps_fs.core.resolve import Resolution
+from hwcaps_fs.system.namespaces import make_directory
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def write_symlink_view(view: SymlinkView, top: str, link_base: str) -> None:
     """Create ``view`` under the existing directory ``top``, with links to
     ``link_base/<source>`` (ROOT, or a private bind mount of it when ``top`` covers ROOT)."""
     for path in view.dirs:
-        os.mkdir(os.path.join(top, path), 0o755)
+        make_directory(os.path.join(top, path), 0o755)
     for relpath, source in view.links:
         os.symlink(os.path.join(link_base, source), os.path.join(top, relpath))
     for relpath, target in view.verbatim:

@@ -12,12 +12,19 @@ here (and change), so the rule is conservative: a class keeps its bits only when
 of the directory its members might fall into has the search bit. Someone may therefore be
 refused through the view what the real path would allow; nobody is allowed what it refuses.
 Root is never refused a search, so root-owned files keep their owner bits.
+
+POSIX ACLs count the same way (:func:`acl_bits`): an ACL can refuse a named user or group
+what the mode grants to the class they fall into, and the view, which shows only a mode, cannot
+tell who is who. So where a file or a directory on the way has an extended ACL, group and
+others keep only what *every* entry but the owner's grants (named entries and the group's
+limited by the mask), which never exceeds what any of them would be granted on the real path.
 """
 
 from __future__ import annotations
 
 import enum
 import stat
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -38,13 +45,75 @@ class Class(enum.Enum):
 PERMISSION_BITS = stat.S_IRWXU | stat.S_IRWXG | stat.S_IRWXO
 
 
+#: The extended attribute that holds a file's access ACL (``system.posix_acl_default`` only
+#: says what new files inherit, and so decides nobody's access).
+ACL_XATTR = "system.posix_acl_access"
+
+#: The layout of that attribute: a version word, then (tag, permissions, id) entries.
+_ACL_HEADER = struct.Struct("<I")
+_ACL_ENTRY = struct.Struct("<HHI")
+_ACL_VERSION = 2
+
+
+class AclTag(enum.IntEnum):
+    """The kinds of ACL entries (linux/posix_acl.h)."""
+
+    USER_OBJ = 0x01
+    USER = 0x02
+    GROUP_OBJ = 0x04
+    GROUP = 0x08
+    MASK = 0x10
+    OTHER = 0x20
+
+
+#: The entries the mask limits.
+MASKED_TAGS = frozenset({AclTag.USER, AclTag.GROUP_OBJ, AclTag.GROUP})
+
+
+def acl_bits(data: bytes | None) -> int:
+    """The permission bits a file or directory with the access ACL ``data`` (the raw
+    ``system.posix_acl_access`` value, None when it has none) grants every member of a class
+    for sure: the owner's as the mode says; for group and others, what every entry other than
+    the owner's grants. An ACL that cannot be parsed leaves the owner's bits only."""
+    if data is None:
+        return PERMISSION_BITS
+    try:
+        (version,) = _ACL_HEADER.unpack_from(data)
+        entries = [(tag, perm & 0o7) for tag, perm, _ in
+                   _ACL_ENTRY.iter_unpack(data[_ACL_HEADER.size:])]
+    except struct.error:
+        return stat.S_IRWXU
+    if version != _ACL_VERSION:
+        return stat.S_IRWXU
+    mask = next((perm for tag, perm in entries if tag == AclTag.MASK), 0o7)
+    floor = 0o7
+    for tag, perm in entries:
+        if tag in MASKED_TAGS:
+            floor &= perm & mask
+        elif tag == AclTag.OTHER:
+            floor &= perm
+    return stat.S_IRWXU | floor << 3 | floor
+
+
+def extended(bits: int) -> bool:
+    """Whether :func:`acl_bits` came from an ACL that takes something away."""
+    return bits != PERMISSION_BITS
+
+
 @dataclass(frozen=True)
 class DirAccess:
-    """The owner, group and mode of one directory above a file: what searching it takes."""
+    """The owner, group and mode of one directory above a file: what searching it takes.
+    ``acl`` is :func:`acl_bits` of its access ACL."""
 
     uid: int
     gid: int
     mode: int
+    acl: int = PERMISSION_BITS
+
+    @property
+    def granted_mode(self) -> int:
+        """The mode as far as every member of each class can count on it."""
+        return restricted(self.mode, self.acl)
 
 
 #: What a directory that cannot be stat'ed counts as: nobody's, writable by others, searchable
@@ -86,7 +155,7 @@ def reachable_bits(uid: int, gid: int, directories: Iterable[DirAccess]) -> int:
     kept = PERMISSION_BITS
     for directory in directories:
         for who in Class:
-            if kept & who.value and any(not directory.mode & where.search_bit
+            if kept & who.value and any(not directory.granted_mode & where.search_bit
                                         for where in classes_in(directory, who, uid, gid)):
                 kept &= ~who.value
     return kept

@@ -79,10 +79,11 @@ class Candidate(StatRecord):
     ``problem`` is set when scanning already knows the candidate cannot be served (a symlink
     that escapes ROOT or loops, a FIFO, an unreadable or truncated file): resolution skips it
     with that message. ``elf`` is None for files that are not ELF (scripts).
-    ``capability`` is the raw ``security.capability`` xattr, if any. ``untrusted_dir`` names
-    the first directory between ROOT and the file that a non-root user could write, if any
-    (``"."`` is ROOT itself). ``link_target`` is what ``path`` points to when it is a symlink
-    (``readlink``), so that a view can still present a symlink that leaves ROOT as a symlink.
+    ``capability`` is the raw ``security.capability`` xattr, if any. ``untrusted`` says what a
+    non-root user could replace on the way to the file, if anything: a directory above ROOT,
+    ROOT (``"."``), a directory below it, a symlink followed or a directory one sits in.
+    ``link_target`` is what ``path`` points to when it is a symlink (``readlink``), so that a
+    view can still present a symlink that leaves ROOT as a symlink.
     """
 
     level: str | None
@@ -90,7 +91,7 @@ class Candidate(StatRecord):
     source: str
     elf: ElfFacts | None = None
     capability: bytes | None = None
-    untrusted_dir: str | None = None
+    untrusted: str | None = None
     problem: str | None = None
     link_target: str | None = None
 

@@ -38,6 +38,9 @@ IGNORED_WORDS = frozenset({
     "default_permissions",
 })
 
+#: What /proc/mounts calls a view: ``fuse.hwcaps-fs`` (``subtype=`` may only add to it).
+DEFAULT_SUBTYPE = "hwcaps-fs"
+
 #: Prefixes of options for other programs (systemd, mount(8) comments), ignored.
 IGNORED_PREFIXES = ("x-", "comment=")
 
@@ -75,7 +78,7 @@ class MountOptions:
     noexec: bool = False
     debug: bool = False
     fsname: str = "hwcaps-fs"
-    subtype: str = "hwcaps-fs"
+    subtype: str = DEFAULT_SUBTYPE
     level: str | None = None
     layout: Layout | None = None
     presentation: Presentation = Presentation.FILES
@@ -119,7 +122,7 @@ DOCUMENTED: tuple[tuple[str, str], ...] = (
     ("auto_unmount", "if the daemon dies, the mount is removed and the plain directory is back"),
     ("noexec", "programs in the view cannot be executed (exec undoes it)"),
     ("debug", "libfuse logs every request on stderr; the daemon stays attached to it"),
-    ("level=LEVEL", "cap the level served, as --level"),
+    ("level=LEVEL", "cap the level served, as --level (the lower of the two wins)"),
     ("layout=glibc|loader", "the store layout, as --layout (default: detected)"),
     ("presentation=files|symlinks", "names are regular files (the default: /proc/self/exe, "
                                     "argv[0] and $ORIGIN keep the mounted path) or symlinks to "
@@ -132,11 +135,14 @@ DOCUMENTED: tuple[tuple[str, str], ...] = (
                          "packaged for hwcaps-loader, served unchanged (DIR: a view of its "
                          "/usr/hwcaps, loader layout)"),
     ("fsname=NAME", "the source /proc/mounts shows (default: hwcaps-fs)"),
-    ("subtype=NAME", "the type /proc/mounts shows is fuse.NAME (default: hwcaps-fs)"),
+    ("subtype=hwcaps-fs.SUFFIX", "the type /proc/mounts shows is fuse.hwcaps-fs.SUFFIX "
+                                 "(default: fuse.hwcaps-fs); always hwcaps-fs first, which is "
+                                 "how a view is told from other mounts"),
 )
 
 #: Said after the table: what no option changes.
-ALWAYS = ("Always in force: ro, nosuid, nodev, default_permissions. The generic words mount(8), "
+ALWAYS = ("Always in force: ro, nosuid, nodev, default_permissions, and noexec when ROOT's own "
+          "mount has it. The generic words mount(8), "
           "fstab and systemd add (rw, dev, suid, defaults, _netdev, nofail, x-systemd.*, ...) "
           "are accepted and ignored; anything else is refused with one line.")
 
@@ -147,6 +153,15 @@ def _choice(kind: type[_Choice], name: str, value: str) -> _Choice:
     except ValueError:
         allowed = "|".join(str(member.value) for member in kind)
         raise UsageError(f"mount option {name}={value}: expected {allowed}") from None
+
+
+def _subtype(value: str) -> str:
+    """A subtype that still says hwcaps-fs: /proc/mounts shows ``fuse.<subtype>``, and that is
+    how a mount, umount and a stale-mount check tell a view from any other FUSE mount."""
+    if value != DEFAULT_SUBTYPE and not value.startswith(DEFAULT_SUBTYPE + "."):
+        raise UsageError(f"mount option subtype={value}: must be {DEFAULT_SUBTYPE} or begin "
+                         f"with {DEFAULT_SUBTYPE}. (what tells a view from other mounts)")
+    return value
 
 
 def _split(texts: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -172,12 +187,14 @@ def parse_mount_options(texts: Sequence[str], *, is_root: bool) -> MountOptions:
             settings[name] = True
         elif value is None and name == "exec":
             settings["noexec"] = False
-        elif value and name in {"fsname", "subtype", "level"}:
+        elif value and name in {"fsname", "level"}:
             settings[name] = value
         elif value and name == "loader_links":
             if not value.startswith("/"):
                 raise UsageError(f"mount option {word}: expected an absolute directory")
             settings[name] = value.rstrip("/") or "/"
+        elif value and name == "subtype":
+            settings[name] = _subtype(value)
         elif value and name in CHOICES:
             choice = _choice(CHOICES[name], name, value)
             settings[name] = choice is Switch.ON if isinstance(choice, Switch) else choice

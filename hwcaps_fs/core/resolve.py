@@ -24,7 +24,6 @@ from hwcaps_fs.core.access import writable_by_others
 from hwcaps_fs.core.elf import ElfFacts, machine_name
 from hwcaps_fs.core.levels import Architecture
 from hwcaps_fs.core.model import Candidate, Store
-from hwcaps_fs.errors import show
 
 
 @dataclass(frozen=True)
@@ -98,9 +97,7 @@ def trust_problem(candidate: Candidate) -> str | None:
         return f"owned by uid {candidate.uid}, not root"
     if not candidate.unfollowed_link and writable_by_others(candidate.uid, candidate.mode):
         return f"writable by group or others (mode {stat.S_IMODE(candidate.mode):04o})"
-    if candidate.untrusted_dir is not None:
-        return f"directory {show(candidate.untrusted_dir)} is writable by a non-root user"
-    return None
+    return candidate.untrusted
 
 
 def _scan_problem(candidate: Candidate, target: Target) -> str | None:

@@ -52,7 +52,8 @@ FORCE_SOURCE = "--force-level"
 class DetectOptions:
     """Inputs of detection. Paths default to the live system's; tests point them at fixtures.
 
-    ``max_level`` is ``--level``/``--max-level``; ``force_level`` is ``--force-level`` (may
+    ``max_level`` is ``--level``/``--max-level``, ``option_level`` ``-o level=`` (each an
+    override: the lowest wins); ``force_level`` is ``--force-level`` (may
     exceed the hardware). ``cpuinfo``/``auxv`` (``--cpuinfo``/``--auxv``) bypass the loader.
     ``machine`` overrides ``uname -m`` (implied by a cpuinfo fixture of another architecture).
     ``environ`` is the environment of the programs served: ``HWCAPS_FS_LEVEL`` is read from it
@@ -60,6 +61,7 @@ class DetectOptions:
     """
 
     max_level: str | None = None
+    option_level: str | None = None
     force_level: str | None = None
     cpuinfo: str | None = None
     auxv: str | None = None
@@ -141,7 +143,8 @@ def detect(options: DetectOptions) -> Detection:
     arch = _architecture(machine, steps)
 
     overrides = read_overrides(
-        arch, options.max_level, options.environ, options.kernel_cmdline, options.config
+        arch, (options.max_level, options.option_level), options.environ,
+        options.kernel_cmdline, options.config,
     )
     steps.extend(Step(o.source, o.outcome, o.level) for o in overrides)
     forced = (

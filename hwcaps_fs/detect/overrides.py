@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from hwcaps_fs.core.levels import Architecture, UnknownLevelError
 from hwcaps_fs.errors import UsageError
 
+#: The command line's two ways to cap the level, as error messages and ``levels`` name them.
+COMMAND_LINE_SOURCES = ("--level", "-o level=")
 #: The environment variable that caps the level.
 ENV_VARIABLE = "HWCAPS_FS_LEVEL"
 #: Kernel command line parameters: ``hwcaps_fs.level=NAME`` caps, ``hwcaps_fs=off`` means the
@@ -97,15 +99,17 @@ def config_level(path: str) -> tuple[str | None, str]:
 
 def read_overrides(
     arch: Architecture,
-    max_level: str | None,
+    command_line: tuple[str | None, str | None],
     environ: Mapping[str, str],
     kernel_cmdline: str,
     config: str,
 ) -> tuple[Override, ...]:
     """Every override source in precedence order for ties (the command line first), set or
-    not. ``kernel_cmdline`` and ``config`` are paths; an unreadable kernel command line counts
-    as not set, since it is not something the user wrote wrong."""
-    overrides = [_named("--level", max_level, "given" if max_level else "not given", arch)]
+    not. ``command_line`` is ``(--level, -o level=)``. ``kernel_cmdline`` and ``config`` are
+    paths; an unreadable kernel command line counts as not set, since it is not something the
+    user wrote wrong."""
+    overrides = [_named(source, value, "given" if value else "not given", arch)
+                 for source, value in zip(COMMAND_LINE_SOURCES, command_line, strict=True)]
     env_value = environ.get(ENV_VARIABLE) or None
     overrides.append(_named(ENV_VARIABLE, env_value, "set" if env_value else "not set", arch))
     try:

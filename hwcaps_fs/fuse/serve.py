@@ -34,13 +34,14 @@ from hwcaps_fs.core.model import Store
 from hwcaps_fs.core.resolve import Resolution, Target, resolve_store
 from hwcaps_fs.core.view import InodeNumbers, View, build_view, is_privileged
 from hwcaps_fs.detect.cpu import Detection, detect
-from hwcaps_fs.errors import MountError, PathError
+from hwcaps_fs.errors import MountError, PathError, show
 from hwcaps_fs.fuse.backing import BackingFiles
 from hwcaps_fs.fuse.operations import HwcapsOperations
 from hwcaps_fs.store.scan import scan_fd
 from hwcaps_fs.store.watch import Changes, Watcher, apply_changes
 from hwcaps_fs.system.bindmount import bind_underlying, unbind
-from hwcaps_fs.system.mountinfo import mounts_at
+from hwcaps_fs.system.mountinfo import mounts_at, restrictions
+from hwcaps_fs.system.namespaces import MS_NOEXEC
 from hwcaps_fs.system.preflight import MountPaths
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class _Daemon:
         searched = {*self.target.levels, None}
         messages = []
         for resolution in resolutions:
-            messages += [f"{skip.candidate.path}: skipped: {skip.reason}"
+            messages += [f"{show(skip.candidate.path)}: skipped: {skip.reason}"
                          for skip in resolution.skipped if skip.candidate.level in searched]
         return messages
 
@@ -206,11 +207,15 @@ def _raise_file_limit() -> None:
 
 
 @contextlib.contextmanager
-def _mounted(paths: MountPaths, ops: HwcapsOperations) -> Iterator[list[int]]:
+def _mounted(paths: MountPaths, ops: HwcapsOperations, root_fd: int) -> Iterator[list[int]]:
     """Mount ``ops``; on the way out unmount if we were stopped by a signal (an external
-    unmount already did it) and tear the session down."""
+    unmount already did it) and tear the session down. The view is noexec when ROOT's own
+    mount is (it is always nosuid and nodev): it never lets run what the real path does not."""
+    options = paths.config.options.fuse_options()
+    if restrictions(root_fd) & MS_NOEXEC:
+        options.add("noexec")
     try:
-        pyfuse3.init(ops, paths.mountpoint, paths.config.options.fuse_options())
+        pyfuse3.init(ops, paths.mountpoint, options)
     except RuntimeError:
         raise MountError(f"cannot mount {paths.mountpoint}: libfuse refused "
                          "(its reason is on the line above)") from None
@@ -218,8 +223,7 @@ def _mounted(paths: MountPaths, ops: HwcapsOperations) -> Iterator[list[int]]:
     try:
         yield stopped
     finally:
-        still_mounted = any(entry.fstype == f"fuse.{paths.config.options.subtype}"
-                            for entry in mounts_at(paths.mountpoint))
+        still_mounted = any(entry.is_view for entry in mounts_at(paths.mountpoint))
         pyfuse3.close(unmount=bool(stopped) and still_mounted)
 
 
@@ -238,7 +242,7 @@ def serve(paths: MountPaths, ready: Callable[[Serving], None]) -> None:
         watcher = Watcher(root_fd)
         daemon.warn_once(watcher.sync())
         try:
-            with _mounted(paths, ops) as stopped:
+            with _mounted(paths, ops, root_fd) as stopped:
                 trio.run(_serve, daemon, watcher, ops, ready, stopped)
         finally:
             watcher.close()

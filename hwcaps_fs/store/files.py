@@ -1,6 +1,7 @@
 """Reading one file of the store as a :class:`~hwcaps_fs.core.model.Candidate`: its stat,
 ELF facts and file capabilities, the symlinks that lead to it (followed only while they stay
-inside ROOT), and what the directories on the way say about trust and reachability.
+inside ROOT), and what the directories and links on the way (ROOT's parents included) and the
+POSIX ACLs say about trust and reachability.
 
 Everything goes through the ROOT directory fd (:mod:`hwcaps_fs.store.fds`), never through a
 path that could cross a mount over ROOT.
@@ -12,7 +13,15 @@ import os
 import posixpath
 import stat
 
-from hwcaps_fs.core.access import UNKNOWN_DIR, DirAccess, reachable_bits, writable_by_others
+from hwcaps_fs.core.access import (
+    ACL_XATTR,
+    UNKNOWN_DIR,
+    DirAccess,
+    acl_bits,
+    extended,
+    reachable_bits,
+    writable_by_others,
+)
 from hwcaps_fs.core.elf import ElfError, read_elf_facts_fd
 from hwcaps_fs.core.model import Candidate
 from hwcaps_fs.errors import show
@@ -34,13 +43,47 @@ FILE_KINDS: dict[int, str] = {
     stat.S_IFLNK: "a symlink",
 }
 
-#: ``untrusted_dir`` of a candidate when ROOT itself is the directory a non-root user can write.
+#: How messages name ROOT itself among the directories below it.
 ROOT_DIR = "."
 
 
 def join(*parts: str) -> str:
     """ROOT-relative path components joined, the empty ones ("" is ROOT) left out."""
     return "/".join(part for part in parts if part)
+
+
+def ancestors(path: str) -> tuple[str, ...]:
+    """The directories above the absolute ``path``, ``/`` first."""
+    parents = []
+    parent = posixpath.dirname(path)
+    while parent != "/":
+        parents.append(parent)
+        parent = posixpath.dirname(parent)
+    return ("/", *reversed(parents))
+
+
+def dir_access(path: str, dir_fd: int | None = None) -> DirAccess:
+    """Owner, mode and ACL of the directory ``path`` (relative to ``dir_fd`` and not following
+    a last symlink, if given); :data:`UNKNOWN_DIR` when it cannot be stat'ed."""
+    try:
+        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=dir_fd is None)
+    except OSError:
+        return UNKNOWN_DIR
+    # getxattr has no *at form: the fd's /proc link reaches the directory without a lookup
+    # of ROOT's path, which may be below our own mount.
+    where = path if dir_fd is None else f"/proc/self/fd/{dir_fd}/{path}"
+    return DirAccess(st.st_uid, st.st_gid, st.st_mode, acl_bits(access_acl(where)))
+
+
+def access_acl(file: int | str) -> bytes | None:
+    """The raw access ACL of ``file`` (an fd, or a path whose last symlink is not followed),
+    None when it has none or it cannot be read."""
+    try:
+        if isinstance(file, int):
+            return os.getxattr(file, ACL_XATTR)
+        return os.getxattr(file, ACL_XATTR, follow_symlinks=False)
+    except OSError:
+        return None
 
 
 class _Unservable(Exception):
@@ -50,16 +93,21 @@ class _Unservable(Exception):
 class FileReader:
     """Reads candidates from the store open as ``root_fd`` (``root`` is its canonical path,
     ``roots`` the directory of each tree, ``root_parents`` the directories above ROOT), with
-    caches of the directories on the way: every file of a directory asks about the same ones."""
+    caches of the directories on the way: every file of a directory asks about the same ones.
+    POSIX ACLs met on the way are reported in ``warnings``."""
 
     def __init__(self, root_fd: int, root: str, roots: dict[str | None, str],
-                 root_parents: tuple[DirAccess, ...]) -> None:
+                 root_parents: tuple[DirAccess, ...], warnings: list[str]) -> None:
         self.root_fd = root_fd
         self.root = root
         self.roots = roots
         self.root_parents = root_parents
+        self.warnings = warnings
         self.chains: dict[str, tuple[tuple[str, DirAccess], ...]] = {}
         self.reachable: dict[tuple[str, str, int, int], int] = {}
+        self.replaceable_parent = next(
+            (path for path, access in zip(ancestors(root), root_parents, strict=False)
+             if writable_by_others(access.uid, access.mode)), None)
 
     def candidate(
         self, level: str | None, relpath: str, dir_fd: int, name: str, lst: os.stat_result
@@ -68,20 +116,21 @@ class FileReader:
         path = join(self.roots[level], relpath)
         link_target = None
         source, st, open_at = path, lst, (dir_fd, name)
+        links: list[tuple[str, int]] = []
         try:
             if stat.S_ISLNK(lst.st_mode):
                 link_target = os.readlink(name, dir_fd=dir_fd)
-                source, st = self._follow(path)
+                source, st = self._follow(path, links)
                 open_at = (self.root_fd, source)
             kind = FILE_KINDS.get(stat.S_IFMT(st.st_mode))
             if kind is not None:
                 raise _Unservable(f"{kind}, not a regular file")
-            return self._read_file(level, path, source, open_at, link_target)
+            return self._read_file(level, path, source, open_at, link_target, links)
         except _Unservable as exc:
-            untrusted = self._untrusted_dir(posixpath.dirname(path)) if link_target else None
+            untrusted = self.untrusted(None, links) if link_target else None
             return Candidate.from_stat(st, level=level, path=path, source=source,
                                        problem=str(exc), link_target=link_target,
-                                       untrusted_dir=untrusted)
+                                       untrusted=untrusted)
         except OSError as exc:
             return Candidate.from_stat(st, level=level, path=path, source=source,
                                        problem=f"cannot read: {exc.strerror}",
@@ -89,7 +138,7 @@ class FileReader:
 
     def _read_file(
         self, level: str | None, path: str, source: str, open_at: tuple[int, str],
-        link_target: str | None,
+        link_target: str | None, links: list[tuple[str, int]],
     ) -> Candidate:
         fd = os.open(open_at[1], OPEN_FILE_FLAGS, dir_fd=open_at[0])
         try:
@@ -100,23 +149,26 @@ class FileReader:
                 elf = read_elf_facts_fd(fd)
             except ElfError as exc:
                 problem = f"malformed ELF file: {exc}"
+            acl = acl_bits(access_acl(fd))
+            self.report_acl(source, acl)
             return Candidate.from_stat(
                 st, level=level, path=path, source=source, elf=elf, capability=_capability(fd),
-                untrusted_dir=self._untrusted_dir(posixpath.dirname(source)), problem=problem,
-                link_target=link_target, reachable_bits=self._reachable(path, source, st),
+                untrusted=self.untrusted(source, links), problem=problem,
+                link_target=link_target, reachable_bits=self._reachable(path, source, st) & acl,
             )
         finally:
             os.close(fd)
 
-    def _follow(self, path: str) -> tuple[str, os.stat_result]:
+    def _follow(self, path: str, links: list[tuple[str, int]]) -> tuple[str, os.stat_result]:
         """Resolve the symlink ``path`` inside ROOT: (final ROOT-relative path, its lstat).
+        Each symlink followed on the way is appended to ``links`` with its owner, ``path``
+        first: they decide what is served as much as the directories do.
 
         Absolute targets under ``store.root`` are taken as ROOT-relative, since resolving
         them as given could cross a mount over ROOT.
         """
         pending = path.split("/")
         done: list[str] = []
-        links = 0
         target = ""
         while pending:
             part = pending.pop(0)
@@ -142,8 +194,8 @@ class FileReader:
                 if not pending:
                     return here, st
                 continue
-            links += 1
-            if links > MAX_SYMLINKS:
+            links.append((here, st.st_uid))
+            if len(links) > MAX_SYMLINKS:
                 raise _Unservable(f"more than {MAX_SYMLINKS} symlinks (a loop?)")
             target = os.readlink(here, dir_fd=self.root_fd)
             if target.startswith("/"):
@@ -162,11 +214,8 @@ class FileReader:
         if chain is None:
             above = self._chain(posixpath.dirname(reldir)) if reldir else ()
             name = reldir or ROOT_DIR
-            try:
-                st = os.stat(name, dir_fd=self.root_fd, follow_symlinks=False)
-                here = DirAccess(st.st_uid, st.st_gid, st.st_mode)
-            except OSError:
-                here = UNKNOWN_DIR
+            here = dir_access(name, self.root_fd)
+            self.report_acl(reldir or self.root, here.acl)
             chain = self.chains[reldir] = (*above, (name, here))
         return chain
 
@@ -186,10 +235,36 @@ class FileReader:
             bits = self.reachable[key] = reachable_bits(st.st_uid, st.st_gid, directories)
         return bits
 
+    def untrusted(self, source: str | None, links: list[tuple[str, int]]) -> str | None:
+        """What a non-root user could replace on the way to ``source`` (ROOT-relative; None
+        when the way ends in a symlink not followed), said as a reason, or None when nothing:
+        a directory above ROOT (they could put another store in its place), a symlink of
+        ``links`` not owned by root or a directory it sits in, or a directory from ROOT down to
+        ``source``. Sticky directories count as safe: the root-owned entries in them are."""
+        if self.replaceable_parent is not None:
+            return (f"directory {show(self.replaceable_parent)} above ROOT is writable by a "
+                    "non-root user")
+        for link, uid in links:
+            reason = self._untrusted_dir(posixpath.dirname(link))
+            if reason is not None:
+                return reason
+            if uid != 0:
+                return f"symlink {show(link)} is owned by uid {uid}, not root"
+        return None if source is None else self._untrusted_dir(posixpath.dirname(source))
+
     def _untrusted_dir(self, reldir: str) -> str | None:
-        """The first directory from ROOT down to ``reldir`` that a non-root user may write."""
-        return next((name for name, access in self._chain(reldir)
+        """Why a non-root user could replace what the first of the directories from ROOT down
+        to ``reldir`` holds, if they could."""
+        return next((f"directory {show(name)} is writable by a non-root user"
+                     for name, access in self._chain(reldir)
                      if writable_by_others(access.uid, access.mode)), None)
+
+    def report_acl(self, path: str, bits: int) -> None:
+        """Warn that ``path`` has an ACL that takes something away (:func:`acl_bits`)."""
+        if extended(bits):
+            self.warnings.append(
+                f"{show(path)}: a POSIX ACL names users or groups: through the view, its group "
+                "and others get only what every entry grants")
 
 
 def _capability(fd: int) -> bytes | None:

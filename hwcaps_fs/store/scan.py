@@ -20,7 +20,7 @@ import os
 import posixpath
 import stat
 
-from hwcaps_fs.core.access import UNKNOWN_DIR, DirAccess, reachable_bits
+from hwcaps_fs.core.access import DirAccess, acl_bits, reachable_bits
 from hwcaps_fs.core.levels import ALL_LEVEL_NAMES, Architecture, architecture_of_level
 from hwcaps_fs.core.model import (
     GLIBC_HWCAPS_DIR,
@@ -32,7 +32,14 @@ from hwcaps_fs.core.model import (
 )
 from hwcaps_fs.errors import PathError, show
 from hwcaps_fs.store.fds import OPEN_DIR_FLAGS, list_dir, open_dir_beneath
-from hwcaps_fs.store.files import ROOT_DIR, FileReader, join
+from hwcaps_fs.store.files import (
+    ROOT_DIR,
+    FileReader,
+    access_acl,
+    ancestors,
+    dir_access,
+    join,
+)
 
 #: Directories below a tree's top that are merged into the view; deeper ones are ignored with
 #: a warning. Bin directories are shallow, and the scan, the watches and every open walk the
@@ -128,19 +135,9 @@ def rescan_dir(store: Store, root_fd: int, reldir: str) -> list[str]:
 
 
 def parents_of(path: str) -> tuple[DirAccess, ...]:
-    """The directories above the absolute ``path``, ``/`` first (unknown ones as
-    :data:`UNKNOWN_DIR`)."""
-    parents = []
-    parent = posixpath.dirname(path)
-    while True:
-        try:
-            st = os.stat(parent)
-            parents.append(DirAccess(st.st_uid, st.st_gid, st.st_mode))
-        except OSError:
-            parents.append(UNKNOWN_DIR)
-        if parent == "/":
-            return tuple(reversed(parents))
-        parent = posixpath.dirname(parent)
+    """The :class:`DirAccess` of each of the directories above the absolute ``path``, ``/``
+    first (unknown ones as :data:`~hwcaps_fs.core.access.UNKNOWN_DIR`)."""
+    return tuple(dir_access(parent) for parent in ancestors(path))
 
 
 class _Scanner:
@@ -151,12 +148,16 @@ class _Scanner:
         self.store = store
         self.roots = tree_roots(store.layout, store.architecture)
         self.warnings = store.warnings if warnings is None else warnings
-        self.files = FileReader(root_fd, store.root, self.roots, store.root_parents)
+        self.files = FileReader(root_fd, store.root, self.roots, store.root_parents,
+                                self.warnings)
 
     # -- the whole store -------------------------------------------------------------------
 
     def scan_all(self) -> None:
         self._report_foreign_dirs()
+        for path, access in zip(ancestors(self.store.root), self.store.root_parents,
+                                strict=False):
+            self.files.report_acl(path, access.acl)
         self.merge_subtree("")
 
     def _report_foreign_dirs(self) -> None:
@@ -213,9 +214,9 @@ class _Scanner:
         info_path = join(self.roots[info_level], reldir) if fds else ""
         above = self.files.searched(posixpath.dirname(info_path)) if info_path else []
         st = os.fstat(info_fd)
+        reachable = reachable_bits(st.st_uid, st.st_gid, [*self.store.root_parents, *above])
         self.store.dirs[reldir] = DirInfo.from_stat(
-            st, path=reldir,
-            reachable_bits=reachable_bits(st.st_uid, st.st_gid, [*self.store.root_parents, *above]))
+            st, path=reldir, reachable_bits=reachable & acl_bits(access_acl(info_fd)))
         found: dict[str, dict[str | None, os.stat_result]] = {}
         for level, fd in fds.items():
             where = join(self.roots[level], reldir)

@@ -3,7 +3,8 @@
 Privileged programs are symlinks to the real file (see :mod:`hwcaps_fs.core.view`). When ROOT
 is the mountpoint, the real files are only reachable through a bind mount of the underlying
 directory, made under :data:`RUNTIME_DIR` before mounting. It keeps setuid (only the FUSE mount
-is nosuid) and is made private, or the FUSE mount would propagate onto it.
+is nosuid) unless the directory's own mount is nosuid: it carries every restriction of that
+mount. It is made private, or the FUSE mount would propagate onto it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,15 @@ from __future__ import annotations
 import logging
 import os
 
-from hwcaps_fs.system.mountinfo import mounts_at
-from hwcaps_fs.system.namespaces import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REMOUNT
+from hwcaps_fs.system.mountinfo import mounts_at, restrictions
+from hwcaps_fs.system.namespaces import (
+    MNT_DETACH,
+    MS_BIND,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REMOUNT,
+    make_directory,
+)
 from hwcaps_fs.system.namespaces import mount as sys_mount
 from hwcaps_fs.system.namespaces import umount as sys_umount
 
@@ -33,18 +41,22 @@ def runtime_name(mountpoint: str) -> str:
 
 
 def bind_underlying(root_fd: int, mountpoint: str) -> str:
-    """Bind-mount the directory open as ``root_fd`` read-only (but not nosuid: setuid programs
-    run from it) at ``RUNTIME_DIR/<name>``, private so the FUSE mount does not propagate onto
-    it; a leftover from a daemon that was killed is detached first. Returns its path."""
-    os.makedirs(RUNTIME_DIR, mode=0o755, exist_ok=True)
+    """Bind-mount the directory open as ``root_fd`` read-only at ``RUNTIME_DIR/<name>``, with
+    every restriction of the mount it comes from (setuid programs run from it, unless their
+    file system is nosuid: then they must stay powerless here too), private so the FUSE mount
+    does not propagate onto it; a leftover from a daemon that was killed is detached first.
+    Returns its path. Directories get their mode whatever the umask: every user reaches
+    sudo through them."""
+    make_directory(RUNTIME_DIR, 0o755, exist_ok=True)
     target = os.path.join(RUNTIME_DIR, runtime_name(mountpoint))
-    os.makedirs(target, mode=0o755, exist_ok=True)
+    make_directory(target, 0o755, exist_ok=True)
     for _ in mounts_at(target):
         sys_umount(target, MNT_DETACH)
     sys_mount(f"/proc/self/fd/{root_fd}", target, None, MS_BIND)
     try:
         sys_mount(None, target, None, MS_PRIVATE)
-        sys_mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        # A bind remount sets the flags it is given and clears the others.
+        sys_mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | restrictions(root_fd))
     except OSError:
         sys_umount(target, MNT_DETACH)
         raise

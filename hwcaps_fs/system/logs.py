@@ -23,6 +23,8 @@ import socket
 import sys
 from typing import TextIO
 
+from hwcaps_fs.errors import show
+
 NAME = "hwcaps-fs"
 SYSLOG_SOCKET = "/dev/log"
 
@@ -52,7 +54,15 @@ def is_journal(stream: TextIO) -> bool:
         return False
 
 
-class JournalFormatter(logging.Formatter):
+class QuotedFormatter(logging.Formatter):
+    """Every message through :func:`~hwcaps_fs.errors.show`: whatever name it carries, it
+    stays one line, and no control character reaches a terminal or the journal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging's name
+        return show(super().formatMessage(record))
+
+
+class JournalFormatter(QuotedFormatter):
     """``<N>message``: the priority journald reads, nothing it adds itself."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -66,8 +76,8 @@ def stream_handler(stream: TextIO) -> logging.Handler:
     if is_journal(stream):
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
-        handler.setFormatter(logging.Formatter(f"{NAME}[%(process)d]: %(levelname)s: "
-                                               "%(message)s"))
+        handler.setFormatter(QuotedFormatter(f"{NAME}[%(process)d]: %(levelname)s: "
+                                             "%(message)s"))
     return handler
 
 
@@ -102,7 +112,7 @@ def log_detached(fallback: TextIO | None) -> None:
     if _syslog_answers():
         handler = logging.handlers.SysLogHandler(
             SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter(f"{NAME}[%(process)d]: %(message)s"))
+        handler.setFormatter(QuotedFormatter(f"{NAME}[%(process)d]: %(message)s"))
     elif fallback is not None:
         handler = stream_handler(fallback)
     else:

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hwcaps_fs.core.mount_options import DEFAULT_SUBTYPE
+from hwcaps_fs.system.namespaces import MS_NODEV, MS_NOEXEC, MS_NOSUID
+
+#: What a view's type is: ``fuse.<subtype>``, and the subtype is always ``hwcaps-fs`` or
+#: begins with ``hwcaps-fs.`` (:mod:`hwcaps_fs.core.mount_options`).
+VIEW_FSTYPE = f"fuse.{DEFAULT_SUBTYPE}"
+
+#: The restrictions of a mount, as mountinfo's per-mount options say them, and the mount(2)
+#: flag of each: what is mounted from a directory (its private bind, its view) must carry
+#: every one of the directory's own mount (``ro`` is always set on both).
+RESTRICTIONS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+
 
 @dataclass(frozen=True)
 class MountEntry:
@@ -13,10 +25,13 @@ class MountEntry:
     mountpoint: str
     fstype: str
     source: str
+    options: frozenset[str] = frozenset()
 
     @property
-    def is_fuse(self) -> bool:
-        return self.fstype == "fuse" or self.fstype.startswith("fuse.")
+    def is_view(self) -> bool:
+        """Whether this is a hwcaps-fs view (whatever its ``subtype=``): never an sshfs or any
+        other FUSE file system that happens to be mounted there."""
+        return self.fstype == VIEW_FSTYPE or self.fstype.startswith(VIEW_FSTYPE + ".")
 
 
 def _unescape(text: str) -> str:
@@ -39,11 +54,27 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
             continue
         separator = fields.index("-")
         entries.append(MountEntry(int(fields[0]), _unescape(fields[4]),
-                                  fields[separator + 1], _unescape(fields[separator + 2])))
+                                  fields[separator + 1], _unescape(fields[separator + 2]),
+                                  frozenset(fields[5].split(","))))
     return entries
+
+
+def _mount_table() -> list[MountEntry]:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as file:
+        return parse_mountinfo(file.read())
 
 
 def mounts_at(path: str) -> list[MountEntry]:
     """The mounts whose mountpoint is exactly ``path`` (absolute, not resolved), bottom first."""
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as file:
-        return [entry for entry in parse_mountinfo(file.read()) if entry.mountpoint == path]
+    return [entry for entry in _mount_table() if entry.mountpoint == path]
+
+
+def restrictions(fd: int) -> int:
+    """The mount(2) flags of the :data:`RESTRICTIONS` of the mount the file open as ``fd`` is
+    on (found by its mount id: statvfs would ask the file system, and not every FUSE one
+    answers)."""
+    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as file:
+        fields = dict(line.split(":", 1) for line in file.read().splitlines() if ":" in line)
+    mount_id = int(fields["mnt_id"])
+    entry = next(entry for entry in _mount_table() if entry.mount_id == mount_id)
+    return sum(flag for word, flag in RESTRICTIONS.items() if word in entry.options)

@@ -21,6 +21,7 @@ CLONE_NEWUSER = 0x10000000
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
@@ -46,6 +47,20 @@ class Isolation(enum.Enum):
 
 def _encode(text: str | None) -> bytes | None:
     return None if text is None else os.fsencode(text)
+
+
+def make_directory(path: str, mode: int, exist_ok: bool = False) -> bool:
+    """Create the directory ``path`` with exactly ``mode``, whatever the umask (under a umask
+    of 077 other users could not reach what is made for them, such as the private bind mount
+    that sudo is served from). Returns whether it was created."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+        return False
+    os.chmod(path, mode)
+    return True
 
 
 def unshare(flags: int) -> None:

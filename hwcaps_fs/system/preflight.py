@@ -1,11 +1,16 @@
 """Checks before mounting: the paths of a mount, checked against the file system.
 
-A stale mount (a dead daemon: ENOTCONN) is detached on the way, so a restart heals it.
+Paths are canonical, so one place has one name whatever way it is given. A view is never
+mounted on a view, and two mounts of one place racing cannot both pass that check: it is made,
+and the mount done, holding :class:`MountLock`. A stale mount (a dead daemon: ENOTCONN) is
+detached on the way, so a restart heals it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -16,13 +21,17 @@ from hwcaps_fs.core.mount_options import MountOptions
 from hwcaps_fs.core.view import Presentation
 from hwcaps_fs.detect.cpu import DetectOptions
 from hwcaps_fs.errors import MountError, PathError
+from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
 from hwcaps_fs.system.mountinfo import mounts_at
-from hwcaps_fs.system.namespaces import detach
+from hwcaps_fs.system.namespaces import detach, make_directory
 
 log = logging.getLogger(__name__)
 
 #: The errno values of a FUSE mount whose daemon is gone.
 STALE_ERRNOS = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
+
+#: The lock files that keep two mounts of one mountpoint apart (one per mountpoint).
+LOCK_DIR = os.path.join(RUNTIME_DIR, "locks")
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,7 @@ class MountConfig:
 
 @dataclass(frozen=True)
 class MountPaths:
-    """The checked paths of a mount: absolute ``mountpoint`` as given, canonical ``root``;
+    """The checked paths of a mount: canonical ``mountpoint`` and ``root``;
     ``in_place`` when ROOT is the mountpoint or below it (it is then only reachable through
     a bind mount once mounted)."""
 
@@ -49,21 +58,30 @@ class MountPaths:
     in_place: bool
 
 
+def canonical(path: str, role: str) -> str:
+    """``path`` absolute, without symlinks, ``.``, ``..`` or doubled slashes, so that one
+    place has one name (for the already-mounted check, umount and the bind mount's name).
+    An empty path is refused: it would mean the working directory, ``/`` for a unit."""
+    if not path:
+        raise PathError(f"{role}: empty path")
+    return os.path.realpath(path)
+
+
 def check_paths(config: MountConfig) -> MountPaths:
-    """Check ``config`` against the file system, clearing a stale mount on the way."""
-    mountpoint = os.path.abspath(config.mountpoint)
+    """Check ``config`` against the file system, clearing a stale mount on the way (hold
+    :class:`MountLock` from here until mounted)."""
+    mountpoint = canonical(config.mountpoint, "MOUNTPOINT")
+    root = canonical(config.root, "ROOT")
     _clear_stale_mount(mountpoint)
-    fstype = f"fuse.{config.options.subtype}"
     on_top = mounts_at(mountpoint)
-    if on_top and on_top[-1].fstype == fstype:
+    if on_top and on_top[-1].is_view:
         raise MountError(f"{mountpoint}: already mounted (hwcaps-fs umount {mountpoint})")
     _directory(mountpoint, "MOUNTPOINT")
-    _directory(config.root, "ROOT")
-    root, target = os.path.realpath(config.root), os.path.realpath(mountpoint)
-    if root != target and target.startswith(root.rstrip("/") + "/"):
+    _directory(root, "ROOT")
+    if root != mountpoint and mountpoint.startswith(root.rstrip("/") + "/"):
         raise PathError(f"MOUNTPOINT {mountpoint} is inside ROOT {root}: the daemon would "
                         "scan its own mount")
-    in_place = root == target or root.startswith(target.rstrip("/") + "/")
+    in_place = root == mountpoint or root.startswith(mountpoint.rstrip("/") + "/")
     if in_place and os.geteuid() != 0 and config.options.presentation is Presentation.SYMLINKS:
         raise MountError("presentation=symlinks over ROOT itself needs root (a private bind "
                          "mount of ROOT is what the symlinks point into)")
@@ -87,6 +105,52 @@ def _clear_stale_mount(mountpoint: str) -> None:
     try:
         os.stat(mountpoint)
     except OSError as exc:
-        if exc.errno in STALE_ERRNOS and any(entry.is_fuse for entry in mounts_at(mountpoint)):
+        if exc.errno in STALE_ERRNOS and any(entry.is_view for entry in mounts_at(mountpoint)):
             log.warning("%s: clearing a stale mount (%s)", mountpoint, exc.strerror)
             detach(mountpoint)
+
+
+class MountLock:
+    """Held from the check that no view is at a mountpoint until ours is there (or failed), so
+    that two mounts of one place never both pass the check. A lock file per canonical
+    mountpoint under :data:`LOCK_DIR`, removed by whoever holds it when done (a waiter that
+    then finds its file gone tries again). Only root has one: other users' mounts are their
+    own (no allow_other) and /run is not theirs."""
+
+    def __init__(self, mountpoint: str) -> None:
+        self.fd: int | None = None
+        if os.geteuid() != 0:
+            return
+        make_directory(RUNTIME_DIR, 0o755, exist_ok=True)
+        make_directory(LOCK_DIR, 0o700, exist_ok=True)
+        self.path = os.path.join(LOCK_DIR, runtime_name(mountpoint))
+        while self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, self.path):
+                self.fd = fd
+            else:
+                os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.forget()
+
+    def forget(self) -> None:
+        """Close this process's copy without unlocking (in the daemon a background mount
+        forks: the waiting parent holds the lock until the mount is there)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)

@@ -1,0 +1,172 @@
+"""Trust, store side: what a local user who can write somewhere in or above a store must not
+achieve through a view served to root. Each attack is run by a real non-root user
+(tests.users) against a real mount, and ``which`` and ``check`` must say what they refused.
+
+* a symlink planted in a variant directory the user can write (the link and the directories it
+  sits in count, not only its target's);
+* a directory above ROOT the user can write (they could put another store in ROOT's place);
+* POSIX ACLs (the view never grants what an ACL on the real path denies);
+* names with control characters (quoted wherever a name is printed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.builders import compile_c, compile_level, install, variant_store
+from tests.mounting import DEADLINE, hwcaps_fs, mounted
+from tests.users import User
+
+pytestmark = [pytest.mark.mount, pytest.mark.usefixtures("fuse_ok")]
+
+PRINT_EUID = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("euid=%d\n", (int)geteuid()); return 0; }
+"""
+
+
+def output(*command: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(map(str, command)), capture_output=True, text=True,
+                          timeout=DEADLINE, check=False)
+
+
+def active_level(level: str) -> str:
+    if level == "x86-64":
+        pytest.skip("this CPU serves no variant level")
+    return level
+
+
+# -- a symlink in a variant directory the user can write ----------------------------------
+
+
+@pytest.mark.parametrize("given", ["owned by the user", "sticky 1777"])
+def test_a_planted_variant_symlink_is_refused(binaries: Path, public: Path, attacker: User,
+                                              level: str, given: str) -> None:
+    level = active_level(level)
+    store = variant_store(binaries, public / "store", "bin/foo", levels=())
+    install(compile_level(binaries, "baseline", text="bar"), store / "bin/bar")
+    writable = store / "glibc-hwcaps" / level / "bin"
+    writable.mkdir(parents=True)
+    if given == "owned by the user":
+        attacker.owns(writable)
+    else:
+        writable.chmod(0o1777)
+    attacker.run("ln", "-s", "../../../bin/bar", writable / "foo", check=True)
+
+    mnt = public / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt) as mount:
+        assert output(mnt / "bin/foo").stdout.strip() == "baseline"
+        assert f"glibc-hwcaps/{level}/bin/foo: skipped" in mount.log_text()
+
+    which = hwcaps_fs("which", str(store), "bin/foo")
+    assert which.stdout.startswith("bin/foo: baseline -> bin/foo"), which.stdout
+    assert f"skipped {level} (glibc-hwcaps/{level}/bin/foo)" in which.stdout
+    check = hwcaps_fs("check", str(store))
+    assert f"glibc-hwcaps/{level}/bin/foo: " in check.stdout, check.stdout
+
+
+# -- a directory above ROOT the user can write ---------------------------------------------
+
+
+def test_a_store_below_a_users_directory_is_not_served_to_root(
+        binaries: Path, public: Path, attacker: User) -> None:
+    """The user owns ROOT's parent: they can rename the store away and put their own in its
+    place, so nothing the view hands out may lead through ROOT's path."""
+    home = public / "home"
+    home.mkdir()
+    attacker.owns(home)
+    store = variant_store(binaries, home / "store", "bin/foo")
+    suid = install(compile_c(PRINT_EUID, binaries / "euid", []), store / "bin/suid")
+    suid.chmod(0o4755)
+
+    mnt = public / "mnt"
+    mnt.mkdir()
+    for presentation in ("files", "symlinks"):
+        with mounted(store, mnt, "-o", f"presentation={presentation}"):
+            attacker.run("mv", store, home / "old", check=True)
+            attacker.run("mkdir", "-p", store / "bin", check=True)
+            for name in ("suid", "foo"):
+                fake = store / "bin" / name
+                attacker.run("sh", "-c", f"printf '#!/bin/sh\\necho pwned\\n' > '{fake}' && "
+                             f"chmod 755 '{fake}'", check=True)
+            for name in ("suid", "foo"):
+                served = mnt / "bin" / name
+                if os.path.lexists(served):
+                    assert "pwned" not in output(served).stdout, (presentation, name)
+            shutil.rmtree(store)
+            (home / "old").rename(store)
+
+    check = hwcaps_fs("check", str(store))
+    assert str(home) in check.stdout and "writable" in check.stdout, check.stdout
+    which = hwcaps_fs("which", str(store), "bin/suid")
+    assert str(home) in which.stdout, which.stdout
+
+
+# -- POSIX ACLs --------------------------------------------------------------------------
+
+
+def test_an_acl_that_denies_a_user_denies_them_through_the_view(
+        binaries: Path, public: Path, attacker: User, level: str) -> None:
+    if shutil.which("setfacl") is None:
+        pytest.skip("setfacl (acl) is not installed")
+    store = variant_store(binaries, public / "store", "bin/foo")
+    install(compile_level(binaries, "baseline", text="secret"), store / "bin/secret")
+    install(compile_level(binaries, "baseline", text="tool"), store / "private/tool")
+    deny = f"u:{attacker.name}:---"
+    subprocess.run(["setfacl", "-m", deny, str(store / "bin/secret")], check=True)
+    subprocess.run(["setfacl", "-m", deny, str(store / "private")], check=True)
+    served = store / "glibc-hwcaps" / level if level != "x86-64" else store
+    subprocess.run(["setfacl", "-m", deny, str(served)], check=True)
+
+    for path in (store / "bin/secret", store / "private/tool"):
+        assert attacker.run("cat", path).returncode != 0, path
+    mnt = public / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt):
+        for name in ("bin/secret", "private/tool", "bin/foo"):
+            assert attacker.run("cat", mnt / name).returncode != 0, name
+            assert attacker.run(mnt / name).returncode != 0, name
+            assert output(mnt / name).returncode == 0, name
+
+    check = hwcaps_fs("check", str(store))
+    assert "bin/secret" in check.stdout and "ACL" in check.stdout, check.stdout
+
+
+# -- names are data ----------------------------------------------------------------------
+
+
+FORGED = "hwcaps-fs[1]: warning: forged"
+ESCAPE = "\x1b]0;owned\x07\x1b[2J"
+
+
+def test_names_with_control_characters_are_quoted(binaries: Path, public: Path,
+                                                  attacker: User, level: str) -> None:
+    """A user who may name a file in a store can neither forge a line of the logs, ``which``
+    or ``check`` nor send escape sequences to the terminal that shows them."""
+    level = active_level(level)
+    store = variant_store(binaries, public / "store", "bin/foo", levels=())
+    writable = store / "glibc-hwcaps" / level / "bin"
+    writable.mkdir(parents=True)
+    attacker.owns(writable)
+    name = f"evil\n{FORGED}{ESCAPE}"
+    attacker.run("cp", store / "bin/foo", writable / name, check=True)
+
+    def assert_quoted(text: str, what: str) -> None:
+        assert "\x1b" not in text and "\x07" not in text, (what, text)
+        assert not any(line.startswith(FORGED) for line in text.splitlines()), (what, text)
+        assert "evil" in text, (what, text)
+
+    mnt = public / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt) as mount:
+        assert os.listdir(mnt / "bin") == ["foo"]
+    assert_quoted(mount.log_text(), "the daemon's log")
+    assert_quoted(hwcaps_fs("which", str(store), f"bin/{name}").stdout, "which")
+    assert_quoted(hwcaps_fs("check", str(store)).stdout, "check")
