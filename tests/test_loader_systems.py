@@ -70,3 +70,13 @@ def test_a_hwcaps_loader_system_served_without_repackaging(binaries: Path, publi
         # Unmounted, the directory is what the packages installed.
         assert os.readlink(usr / "bin/foo") == "hwcaps-loader"
         assert run(usr / "bin/foo") == "hwcaps-loader ran"
+
+
+def test_the_documented_fstab_lines_parse() -> None:
+    """docs/hwcaps-loader.md's fstab lines are accepted as they are written."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "hwcaps-loader.md").read_text()
+    lines = [line.split() for line in doc.splitlines() if "fuse.hwcaps-fs" in line]
+    assert [fields[1] for fields in lines] == ["/run/hwcaps-loader-view", "/usr/bin"]
+    view, usr_bin = (parse_mount_options([fields[3]], is_root=True) for fields in lines)
+    assert view.layout is not None and view.layout.value == "loader"
+    assert usr_bin.loader_links == "/run/hwcaps-loader-view/bin"
