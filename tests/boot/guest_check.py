@@ -99,10 +99,24 @@ def usr_bin_daemon() -> int | None:
     return None
 
 
+def processes() -> list[str]:
+    """Every process, as ``pid ppid argv`` (read from /proc: no program from /usr/bin)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace")
+                ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            found.append(f"{entry.name} {ppid} {argv.replace(chr(0), ' ').strip()}")
+    return found
+
+
 def crash_test() -> dict[str, object]:
     """kill -9 the /usr/bin daemon, wait for auto_unmount, look, then start the unit again."""
     pid = usr_bin_daemon()
-    report: dict[str, object] = {"daemon_pid": pid}
+    report: dict[str, object] = {"daemon_pid": pid, "processes_before": processes()}
     if pid is None:
         return report
     os.kill(pid, signal.SIGKILL)
@@ -110,6 +124,7 @@ def crash_test() -> dict[str, object]:
     while mount_types()["/usr/bin"] is not None and time.monotonic() - start < UNMOUNT_TIMEOUT:
         time.sleep(0.05)
     report["unmounted_after_s"] = round(time.monotonic() - start, 2)
+    report["processes_after"] = processes()
     # systemd notices the vanished mount on its own schedule (mountinfo is polled).
     while (unit_states()["usr-bin.mount"].get("ActiveState") == "active"
            and time.monotonic() - start < UNMOUNT_TIMEOUT):

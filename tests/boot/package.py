@@ -30,6 +30,11 @@ FILES = (
     "/usr/share/bash-completion/completions/hwcaps-fs",
 )
 
+#: C sources built into the package by setup.py (each must be in the package, compiled: the
+#: extension is optional to setuptools, so a failed compilation does not fail the build).
+REPO = Path(__file__).resolve().parents[2]
+SITE = "usr/lib/python3/dist-packages"
+
 Check = Callable[[str, bool, str], None]
 
 
@@ -55,6 +60,10 @@ def check_package(rootfs: Path, check: Check) -> None:
           state.startswith("install ok installed"), state)
     for path in FILES:
         check(f"installs {path}", (rootfs / path.lstrip("/")).exists(), "")
+    for source in sorted(REPO.glob("hwcaps_fs/**/*.c")):
+        module = source.relative_to(REPO).with_suffix("")
+        built = sorted((rootfs / SITE / module.parent).glob(f"{module.name}.*.so"))
+        check(f"installs {module} compiled", bool(built), " ".join(path.name for path in built))
     helper = rootfs / "sbin/mount.hwcaps-fs"
     check(f"the mount helper runs {COMMAND}",
           helper.exists() and f"CONFIGURED='{COMMAND}'" in helper.read_text(), "")
