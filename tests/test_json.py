@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from hwcaps_fs.commands.report import SCHEMA
+from hwcaps_fs.core.resolve import WHY
 from tests.builders import variant_store
 from tests.mounting import hwcaps_fs
 
@@ -81,3 +82,19 @@ def test_which_and_check_fields_are_documented(store: Path) -> None:
     check = output("check", str(store))
     assert check["findings"], "the orphan variant is a finding"
     assert fields(check) <= documented("`check --json")
+
+
+def test_every_skip_has_a_documented_name(store: Path) -> None:
+    supported = {state["name"] for state in output("levels")["levels"] if state["supported"]}
+    if "x86-64-v2" not in supported:
+        pytest.skip("this CPU does not support x86-64-v2")
+    (store / "glibc-hwcaps/x86-64-v2/bin/prog").chmod(0o644)
+    which = output("which", "--level", "x86-64-v2", str(store), "bin/prog")
+    whys = {skip["level"]: skip["why"] for skip in which["skipped"]}
+    assert whys == {"x86-64-v2": "not_executable",
+                    **{level: "capped" if level in supported else "not_supported"
+                       for level in ("x86-64-v3", "x86-64-v4")}}
+    text = DOC.read_text()
+    section = text[text.index("The names `skipped[].why` takes"):]
+    rows = section[section.index("|---|"):].split("\n\n")[0].splitlines()[1:]
+    assert {re.findall(r"`(\w+)`", row)[0] for row in rows} == set(WHY)

@@ -137,7 +137,7 @@ def which(detection: Detection, store: Store, resolution: Resolution) -> Report:
         "schema": SCHEMA,
         "relpath": resolution.relpath,
         "served": _candidate_data(served) if served else None,
-        "skipped": [{**_candidate_data(skip.candidate), "reason": skip.reason}
+        "skipped": [{**_candidate_data(skip.candidate), "reason": skip.reason, "why": skip.why}
                     for skip in resolution.skipped],
         "level": detection.level,
         "decided_by": detection.decided_by,

@@ -55,8 +55,12 @@ class Target:
 
 @dataclass(frozen=True)
 class Skip:
+    """A candidate not served: ``reason`` says why for people, ``why`` names the kind of
+    reason for tools (one of :data:`WHY`; ``which --json`` shows it)."""
+
     candidate: Candidate
     reason: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -131,15 +135,17 @@ def _untrusted(candidate: Candidate, target: Target) -> str | None:
     return trust_problem(candidate) if target.require_trusted else None
 
 
+Refusal = Callable[[Candidate, Target], str | None]
+
 #: Why a candidate at an active level is not served, checked in this order (the first reason
-#: found is the one reported).
-REFUSALS: tuple[Callable[[Candidate, Target], str | None], ...] = (
-    _scan_problem,
-    _not_regular,
-    _not_executable,
-    _wrong_machine,
-    _isa_too_high,
-    _untrusted,
+#: found is the one reported), each with the name ``which --json`` gives it.
+REFUSALS: tuple[tuple[str, Refusal], ...] = (
+    ("unusable", _scan_problem),
+    ("not_regular", _not_regular),
+    ("not_executable", _not_executable),
+    ("wrong_machine", _wrong_machine),
+    ("isa_too_high", _isa_too_high),
+    ("untrusted", _untrusted),
 )
 
 
@@ -153,30 +159,36 @@ def _not_a_baseline(candidate: Candidate, target: Target) -> str | None:
 #: file, a binary of another machine, a too-high ISA note, a symlink out of ROOT all behave
 #: exactly as they would without the mount, so an in-place view never hides a name), unless it
 #: is not a file at all or a non-root user could have written what root would run.
-BASELINE_REFUSALS: tuple[Callable[[Candidate, Target], str | None], ...] = (
-    _not_a_baseline,
-    _untrusted,
+BASELINE_REFUSALS: tuple[tuple[str, Refusal], ...] = (
+    ("unusable", _not_a_baseline),
+    ("untrusted", _untrusted),
 )
 
+#: Every name a :class:`Skip` can give (docs/json.md lists them): the refusals', and the two
+#: reasons a level is not searched at all.
+WHY = ("not_supported", "capped", *dict(REFUSALS + BASELINE_REFUSALS))
 
-def refusal(candidate: Candidate, target: Target) -> str | None:
-    """Why ``candidate`` cannot be served on ``target`` (its level aside), or None."""
+
+def refusal(candidate: Candidate, target: Target) -> tuple[str, str] | None:
+    """Why ``candidate`` cannot be served on ``target`` (its level aside), as (name, reason),
+    or None."""
     checks = REFUSALS if candidate.level is not None else BASELINE_REFUSALS
-    for check in checks:
+    for why, check in checks:
         reason = check(candidate, target)
         if reason is not None:
-            return reason
+            return why, reason
     return None
 
 
-def _inactive_reason(level: str, target: Target) -> str:
+def _inactive(candidate: Candidate, level: str, target: Target) -> Skip:
     """Why a level is not searched: the CPU lacks it, or something capped the level below."""
     highest = target.levels[0] if target.levels else "the baseline"
     if level in target.supported:
-        return (f"level {level} not searched: capped at {highest} by {target.capped_by}, "
-                "though this CPU supports it")
+        return Skip(candidate, f"level {level} not searched: capped at {highest} by "
+                               f"{target.capped_by}, though this CPU supports it", "capped")
     best = target.supported[0] if target.supported else "the baseline"
-    return f"level {level} not supported by this CPU (it supports up to {best})"
+    return Skip(candidate, f"level {level} not supported by this CPU (it supports up to "
+                           f"{best})", "not_supported")
 
 
 def resolve(
@@ -191,17 +203,18 @@ def resolve(
     arch = target.architecture
     active = target.levels
     inactive = tuple(level for level in reversed(arch.level_names) if level not in active)
-    skipped = [Skip(candidates[level], _inactive_reason(level, target))
+    skipped = [_inactive(candidates[level], level, target)
                for level in inactive if level in candidates]
     order: tuple[str | None, ...] = (*active, None)
     for level in order:
         candidate = candidates.get(level)
         if candidate is None:
             continue
-        reason = refusal(candidate, target)
-        if reason is None:
+        refused = refusal(candidate, target)
+        if refused is None:
             return Resolution(relpath, candidate, tuple(skipped))
-        skipped.append(Skip(candidate, reason))
+        why, reason = refused
+        skipped.append(Skip(candidate, reason, why))
     return Resolution(relpath, None, tuple(skipped))
 
 
