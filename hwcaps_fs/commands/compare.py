@@ -35,10 +35,9 @@ from hwcaps_fs.commands.report import SCHEMA, Report
 from hwcaps_fs.core import stats
 from hwcaps_fs.core.model import Candidate, Store
 from hwcaps_fs.core.resolve import Target, resolve
+from hwcaps_fs.core.view import BASELINE
 from hwcaps_fs.errors import PathError, show
 from hwcaps_fs.system.measure import Outcome, Run, Runner, scratch_file
-
-BASELINE = "baseline"
 
 
 @dataclass(frozen=True)
