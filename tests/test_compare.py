@@ -16,6 +16,7 @@ import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -237,6 +238,14 @@ def test_standard_input_is_read_once_and_fed_to_every_run(tmp_path: Path,
     code, data = compare_json(*QUICK, "--stdin", str(tmp_path / "input"), str(root),
                               "bin/zpipe")
     assert code == 0 and data["stdin"] == str(tmp_path / "input")
+    # A pipe named by --stdin is read once too, not rewound (which it cannot be).
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(payload,))
+    writer.start()
+    code, data = compare_json(*QUICK, "--stdin", str(fifo), str(root), "bin/zpipe")
+    writer.join(timeout=60)
+    assert code == 0 and data["stdin"] == f"{fifo} ({len(payload)} bytes, read once)"
     missing = compare("--stdin", str(tmp_path / "nothing"), str(root), "bin/zpipe")
     assert missing.returncode == 3 and b"--stdin" in missing.stderr
 

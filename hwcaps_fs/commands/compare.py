@@ -25,6 +25,7 @@ import math
 import os
 import posixpath
 import random
+import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -421,26 +422,39 @@ DEV_NULL = "/dev/null"
 
 
 def open_stdin(given: str | None, scratch_dir: str | None = None) -> tuple[int, str]:
-    """The fd every run reads as standard input, and how to describe it: the file ``given``;
-    else /dev/null when our own standard input is a terminal or closed; else all of our
-    standard input, read once into a scratch file that is rewound before each run."""
+    """The fd every run reads as standard input, and how to describe it: the regular file
+    ``given``, rewound before each run; else /dev/null when our own standard input is a
+    terminal or closed; else all of our standard input (or of ``given``, a pipe), read once
+    into a scratch file that is rewound before each run."""
     if given is not None:
         try:
-            return os.open(given, os.O_RDONLY | os.O_CLOEXEC), given
+            source = os.open(given, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise PathError(f"--stdin {given}: {exc.strerror}") from None
-    try:
-        interactive = os.isatty(0)
-        os.fstat(0)
-    except OSError:
-        interactive = True
-    if interactive:
-        return os.open(DEV_NULL, os.O_RDONLY | os.O_CLOEXEC), DEV_NULL
+        if stat.S_ISREG(os.fstat(source).st_mode):
+            return source, given
+        name = given
+    else:
+        try:
+            interactive = os.isatty(0)
+            mode = os.fstat(0).st_mode
+        except OSError:
+            interactive = True
+        if interactive:
+            return os.open(DEV_NULL, os.O_RDONLY | os.O_CLOEXEC), DEV_NULL
+        if (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) and sys.stderr.isatty():
+            print("compare: reading standard input to its end, to feed every run "
+                  "(--stdin /dev/null feeds nothing)", file=sys.stderr)
+        source, name = 0, "standard input"
     copy = scratch_file(scratch_dir)
     size = 0
-    while chunk := os.read(0, 1 << 20):
-        size += os.write(copy, chunk)
-    return copy, f"standard input ({size} bytes, read once)"
+    try:
+        while chunk := os.read(source, 1 << 20):
+            size += os.write(copy, chunk)
+    finally:
+        if source != 0:
+            os.close(source)
+    return copy, f"{name} ({size} bytes, read once)"
 
 
 class TerminalProgress:
