@@ -17,6 +17,7 @@ from hwcaps_fs.core.mount_options import parse_mount_options
 from hwcaps_fs.errors import UsageError
 from tests.builders import compile_level, install
 from tests.mounting import mounted
+from tests.test_cli import hwcaps_fs
 
 LOADER = "#!/bin/sh\necho 'hwcaps-loader ran'\n"
 
@@ -80,3 +81,12 @@ def test_the_documented_fstab_lines_parse() -> None:
     view, usr_bin = (parse_mount_options([fields[3]], is_root=True) for fields in lines)
     assert view.layout is not None and view.layout.value == "loader"
     assert usr_bin.loader_links == "/run/hwcaps-loader-view/bin"
+
+
+def test_which_points_a_loader_link_to_loader_links(binaries: Path, tmp_path: Path) -> None:
+    usr = solus_system(binaries, tmp_path / "usr")
+    result = hwcaps_fs("which", str(usr / "bin"), "foo")
+    assert result.returncode == 0, result.stderr
+    assert "a link to hwcaps-loader" in result.stdout and "loader_links" in result.stdout
+    served = hwcaps_fs("which", "--layout", "loader", str(usr / "hwcaps"), "bin/foo")
+    assert served.returncode == 0 and "loader_links" not in served.stdout

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hwcaps_fs.commands.check import Finding, Severity
+from hwcaps_fs.core.loader_links import is_loader_link
 from hwcaps_fs.core.model import Candidate, Store
 from hwcaps_fs.core.resolve import Resolution
 from hwcaps_fs.detect.cpu import Detection
@@ -131,6 +132,10 @@ def which(detection: Detection, store: Store, resolution: Resolution) -> Report:
     text += [f"  skipped {_level_label(skip.candidate)} ({show(skip.candidate.path)}): "
              f"{skip.reason}"
              for skip in resolution.skipped]
+    link = served.verbatim_link if served else None
+    if link is not None and is_loader_link(link):
+        text.append("  a link to hwcaps-loader, which picks the build itself: with "
+                    "-o loader_links a view serves the builds directly (docs/hwcaps-loader.md)")
     text.append(f"  (level in effect: {detection.level}, decided by {detection.decided_by}; "
                 f"layout: {store.layout.value})")
     data = {
