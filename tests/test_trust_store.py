@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.builders import compile_c, compile_level, install, variant_store
-from tests.mounting import DEADLINE, hwcaps_fs, mounted
+from tests.mounting import DEADLINE, ENVIRONMENT, hwcaps_fs, mounted
+from tests.test_run import WITHOUT_FUSE
 from tests.users import User
 
 pytestmark = [pytest.mark.mount, pytest.mark.usefixtures("fuse_ok")]
@@ -107,6 +109,19 @@ def test_a_store_below_a_users_directory_is_not_served_to_root(
     assert str(home) in check.stdout and "writable" in check.stdout, check.stdout
     which = hwcaps_fs("which", str(store), "bin/suid")
     assert str(home) in which.stdout, which.stdout
+
+    # run's symlink view (no FUSE here) leads through ROOT's path too: it links nothing.
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    view = public / "view"
+    links = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", WITHOUT_FUSE, "sh",
+         sys.executable, "-m", "hwcaps_fs", "run", "--root", str(store), "--mountpoint",
+         str(view), "--", "find", str(view), "-type", "l"],
+        capture_output=True, text=True, timeout=DEADLINE, check=False, env=ENVIRONMENT, cwd="/")
+    assert links.returncode == 0, links.stderr
+    assert "FUSE unavailable" in links.stderr
+    assert links.stdout == "", links.stdout
 
 
 # -- POSIX ACLs --------------------------------------------------------------------------
