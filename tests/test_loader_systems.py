@@ -90,3 +90,9 @@ def test_which_points_a_loader_link_to_loader_links(binaries: Path, tmp_path: Pa
     assert "a link to hwcaps-loader" in result.stdout and "loader_links" in result.stdout
     served = hwcaps_fs("which", "--layout", "loader", str(usr / "hwcaps"), "bin/foo")
     assert served.returncode == 0 and "loader_links" not in served.stdout
+    # hwcaps-loader's 32-bit levels are reported for what they are, and ignored.
+    (usr / "hwcaps/i686/bin").mkdir(parents=True)
+    check = hwcaps_fs("check", "--layout", "loader", str(usr / "hwcaps"))
+    assert check.returncode == 0
+    assert ("warning: ignored i686: a hwcaps-loader level for 32-bit x86 builds; "
+            "glibc-hwcaps has none") in check.stdout

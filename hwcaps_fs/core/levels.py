@@ -292,6 +292,10 @@ BASELINE_ONLY = (
 
 ARCHITECTURES: tuple[Architecture, ...] = (X86_64, PPC64LE, S390X, *BASELINE_ONLY)
 
+#: hwcaps-loader's level directories for 32-bit x86 builds, which it also tries on x86-64
+#: after ``x86-64-v1``; glibc-hwcaps has no such levels, so hwcaps-fs ignores them.
+LOADER_IA32_LEVELS: frozenset[str] = frozenset({"i386", "i486", "i586", "i686"})
+
 #: Every level directory name glibc or hwcaps-loader knows, on any architecture.
 ALL_LEVEL_NAMES: frozenset[str] = frozenset(
     name

@@ -21,7 +21,12 @@ import posixpath
 import stat
 
 from hwcaps_fs.core.access import DirAccess, acl_bits, reachable_bits
-from hwcaps_fs.core.levels import ALL_LEVEL_NAMES, Architecture, architecture_of_level
+from hwcaps_fs.core.levels import (
+    ALL_LEVEL_NAMES,
+    LOADER_IA32_LEVELS,
+    Architecture,
+    architecture_of_level,
+)
 from hwcaps_fs.core.model import (
     GLIBC_HWCAPS_DIR,
     Candidate,
@@ -183,6 +188,8 @@ class _Scanner:
         arch = self.store.architecture
         other = architecture_of_level(name)
         layout = self.store.layout.value
+        if name in LOADER_IA32_LEVELS:
+            return "a hwcaps-loader level for 32-bit x86 builds; glibc-hwcaps has none"
         if other is None:
             return f"not a level name (levels of {arch.name}: {', '.join(self._level_dir_names())})"
         if other.name != arch.name:
