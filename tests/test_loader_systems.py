@@ -16,7 +16,8 @@ from hwcaps_fs.core.loader_links import is_loader_link
 from hwcaps_fs.core.mount_options import parse_mount_options
 from hwcaps_fs.errors import UsageError
 from tests.builders import compile_level, install
-from tests.mounting import mounted
+from tests.mounting import assert_one_line_error, is_fuse_mounted, mounted
+from tests.mounting import hwcaps_fs as mount_command
 from tests.test_cli import hwcaps_fs
 
 LOADER = "#!/bin/sh\necho 'hwcaps-loader ran'\n"
@@ -96,3 +97,22 @@ def test_which_points_a_loader_link_to_loader_links(binaries: Path, tmp_path: Pa
     assert check.returncode == 0
     assert ("warning: ignored i686: a hwcaps-loader level for 32-bit x86 builds; "
             "glibc-hwcaps has none") in check.stdout
+
+
+def test_loader_links_into_a_directory_a_user_can_change_is_refused(binaries: Path,
+                                                                   public: Path) -> None:
+    """Root would run whatever a user put there: the mount is refused, nothing is mounted."""
+    usr = solus_system(binaries, public / "store" / "usr")
+    owned = public / "owned"
+    (owned / "bin").mkdir(parents=True)
+    os.chown(owned, 65534, 65534)
+    shared = public / "shared/bin"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)
+    for directory in (owned / "bin", shared):
+        result = mount_command("mount", "-o", f"loader_links={directory}", str(usr / "bin"))
+        assert_one_line_error(result, 3)
+        assert "can be changed by a non-root user" in result.stderr
+        assert not is_fuse_mounted(usr / "bin")
+    missing = mount_command("mount", "-o", f"loader_links={public}/nothing", str(usr / "bin"))
+    assert_one_line_error(missing, 3)

@@ -133,7 +133,7 @@ DOCUMENTED: tuple[tuple[str, str], ...] = (
                     "and at each level this CPU searches would be served"),
     ("loader_links=DIR", "shows every link to hwcaps-loader as a link to DIR/<name>: a system "
                          "packaged for hwcaps-loader, served unchanged (DIR: a view of its "
-                         "/usr/hwcaps, loader layout)"),
+                         "/usr/hwcaps, loader layout; only root may change it)"),
     ("fsname=NAME", "the source /proc/mounts shows (default: hwcaps-fs)"),
     ("subtype=hwcaps-fs.SUFFIX", "the type /proc/mounts shows is fuse.hwcaps-fs.SUFFIX "
                                  "(default: fuse.hwcaps-fs); always hwcaps-fs first, which is "

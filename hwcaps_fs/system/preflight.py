@@ -13,9 +13,11 @@ import errno
 import fcntl
 import logging
 import os
+import posixpath
 import stat
 from dataclasses import dataclass
 
+from hwcaps_fs.core.access import writable_by_others
 from hwcaps_fs.core.model import Layout
 from hwcaps_fs.core.mount_options import MountOptions
 from hwcaps_fs.core.view import Presentation
@@ -81,6 +83,8 @@ def check_paths(config: MountConfig) -> MountPaths:
     if root != mountpoint and mountpoint.startswith(root.rstrip("/") + "/"):
         raise PathError(f"MOUNTPOINT {mountpoint} is inside ROOT {root}: the daemon would "
                         "scan its own mount")
+    if config.options.loader_links is not None:
+        _check_loader_links(config.options.loader_links, config.options.serves_root())
     in_place = root == mountpoint or root.startswith(mountpoint.rstrip("/") + "/")
     if in_place and os.geteuid() != 0 and config.options.presentation is Presentation.SYMLINKS:
         raise MountError("presentation=symlinks over ROOT itself needs root (a private bind "
@@ -98,6 +102,30 @@ def _directory(path: str, role: str) -> os.stat_result:
     if not stat.S_ISDIR(st.st_mode):
         raise PathError(f"{role} {path}: not a directory")
     return st
+
+
+def _check_loader_links(directory: str, serves_root: bool) -> None:
+    """``loader_links=DIR`` must be a directory and, when root may run what the view serves,
+    one that only root can change, like every directory on the way to it: the view's links
+    send every exec of a loader-linked name there."""
+    _directory(directory, "loader_links")
+    if not serves_root:
+        return
+    reached = posixpath.normpath(directory)
+    prefixes = [reached]
+    while reached != "/":
+        reached = posixpath.dirname(reached)
+        prefixes.append(reached)
+    checked: set[str] = set()
+    for prefix in prefixes:
+        here = os.path.realpath(prefix)
+        while here not in checked:
+            checked.add(here)
+            st = os.stat(here)
+            if writable_by_others(st.st_uid, st.st_mode):
+                raise PathError(f"loader_links {directory}: {here} can be changed by a "
+                                "non-root user, and root would run what they put there")
+            here = posixpath.dirname(here)
 
 
 def _clear_stale_mount(mountpoint: str) -> None:
