@@ -35,6 +35,7 @@ UNIT_PROPERTIES = ("ActiveState", "SubState", "Result", "ConditionResult",
 #: A user whom /etc/sudoers.d lets run anything without a password (run.py creates it).
 SUDO_USER = "hwcaps-sudo"
 SUDO = Path("/usr/bin/sudo")
+EXEC_PATH = "user.hwcaps.exec-path"
 #: How long auto_unmount may take to remove the mount after the daemon is killed.
 UNMOUNT_TIMEOUT = 30.0
 
@@ -60,6 +61,18 @@ def mount_types() -> dict[str, str | None]:
         fields = line.split()
         if fields[4] in found:
             found[fields[4]] = fields[fields.index("-") + 1]
+    return found
+
+
+def exec_paths() -> dict[str, str | None]:
+    """How each view serves an exec, as it says in its ``user.hwcaps.exec-path`` attribute
+    (None where it says nothing)."""
+    found: dict[str, str | None] = {}
+    for mountpoint in MOUNTPOINTS:
+        try:
+            found[mountpoint] = os.getxattr(mountpoint, EXEC_PATH).decode()
+        except OSError:
+            found[mountpoint] = None
     return found
 
 
@@ -170,6 +183,7 @@ def main() -> None:
         "kernel_cmdline": cmdline,
         "ld_so_help": run(LOADER, "--help")["stdout"],
         "mounts": mount_types(),
+        "exec_paths": exec_paths(),
         "units": unit_states(),
         "probes": probes(),
         "privileged": privileged(),

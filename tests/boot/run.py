@@ -87,6 +87,9 @@ QEMU_APPEND = ("console=ttyS0 root=/dev/vda rw printk.devkmsg=on systemd.show_st
                "panic=-1")
 IMAGE_SIZE = "3G"
 SUDO_USER = "hwcaps-sudo"
+#: The fast-path library's source: where it exists, every view must say it serves execs with
+#: no request (the library was built and installed, and it works).
+FAST_PATH_SOURCE = REPO / "hwcaps_fs/fuse/_fastpath.c"
 
 
 # -- the root file system -------------------------------------------------------------------
