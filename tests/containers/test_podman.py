@@ -45,9 +45,11 @@ STORE, VIEW = "/opt/app", "/opt/app-view"
 PATH = f"{VIEW}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ENTRYPOINT = ["/usr/bin/hwcaps-fs", "run", "--root", STORE, "--mountpoint", VIEW, "--"]
 PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager=cgroupfs")
-#: What every container gets: rlimits this machine may set, and no network (none is needed,
-#: and rootless podman's slirp4netns needs /dev/net/tun).
-RUN_OPTIONS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096", "--network", "none")
+#: podman's default rlimits are higher than a process without CAP_SYS_RESOURCE may set.
+LIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
+#: What every container gets: those limits, and no network (none is needed, and rootless
+#: podman's slirp4netns needs /dev/net/tun).
+RUN_OPTIONS = (*LIMITS, "--network", "none")
 FUSE = ("--device", "/dev/fuse", "--cap-add", "SYS_ADMIN")
 LABEL = "hwcaps-fs-test"
 ROOTLESS_USER = "hwcaps-podman"
@@ -88,18 +90,23 @@ def skip_unless_podman_runs(prefix: Sequence[str], who: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def image_tarball(binaries: Path) -> Iterator[Path]:
-    """The image's root filesystem as a tarball: minbase Debian 12, the .deb, the store."""
+def base_tarball() -> Path:
+    """Debian 12 minbase (mmdebstrap, cached): what the images start from."""
     if os.geteuid() != 0:
         pytest.skip("needs root (mmdebstrap, apt in the rootfs)")
     skip_unless_podman_runs(PODMAN, "as root")
+    return rootfs_tarball(WORK, (), variant="minbase")
+
+
+@pytest.fixture(scope="session")
+def image_tarball(binaries: Path, base_tarball: Path) -> Iterator[Path]:
+    """The image's root filesystem as a tarball: minbase Debian 12, the .deb, the store."""
     package = deb()
-    base = rootfs_tarball(WORK, (), variant="minbase")
     build = Path(tempfile.mkdtemp(prefix="image-", dir=WORK))
     try:
         rootfs = build / "rootfs"
         rootfs.mkdir()
-        sh("tar", "-xf", base, "-C", rootfs)
+        sh("tar", "-xf", base_tarball, "-C", rootfs)
         apt_install_deb(rootfs, package, WORK / "cache")
         variant_store(binaries, rootfs / STORE.lstrip("/"), "bin/hwcaps-probe")
         (rootfs / VIEW.lstrip("/")).mkdir()
@@ -111,17 +118,23 @@ def image_tarball(binaries: Path) -> Iterator[Path]:
         shutil.rmtree(build, ignore_errors=True)
 
 
-def import_image(prefix: Sequence[str], tarball: Path) -> str:
+def import_image(prefix: Sequence[str], tarball: Path, *changes: str) -> str:
+    """``tarball`` as an image (``podman import``) with the Containerfile ``changes``."""
     name = f"localhost/hwcaps-fs-test:{uuid.uuid4().hex[:8]}"
-    entrypoint = ", ".join(f'"{arg}"' for arg in ENTRYPOINT)
-    sh(*prefix, "import", "--quiet", "--change", f"ENTRYPOINT [{entrypoint}]",
-       "--change", 'CMD ["hwcaps-probe"]', "--change", f"ENV PATH={PATH}", tarball, name)
+    sh(*prefix, "import", "--quiet", *(f"--change={change}" for change in changes), tarball,
+       name)
     return name
+
+
+def app_image(prefix: Sequence[str], tarball: Path) -> str:
+    entrypoint = ", ".join(f'"{arg}"' for arg in ENTRYPOINT)
+    return import_image(prefix, tarball, f"ENTRYPOINT [{entrypoint}]", 'CMD ["hwcaps-probe"]',
+                        f"ENV PATH={PATH}")
 
 
 @pytest.fixture(scope="session")
 def rootful(image_tarball: Path) -> Iterator[Engine]:
-    name = import_image(PODMAN, image_tarball)
+    name = app_image(PODMAN, image_tarball)
     try:
         yield Engine(PODMAN, name)
     finally:
@@ -219,6 +232,30 @@ def test_without_fuse_a_symlink_view_and_one_line_on_stderr(rootful: Engine, lev
         assert f"/glibc-hwcaps/{level}/" in target
 
 
+def test_the_containerfile_builds_and_runs(rootful: Engine, base_tarball: Path, level: str,
+                                           leaves_nothing: None) -> None:
+    """tests/containers/Containerfile, built by ``podman build`` as a user would, with the
+    minbase rootfs as its BASE (there is no registry here; its RUN steps fetch packages from
+    Debian's archive): the best build runs, through FUSE or the symlink fallback."""
+    if not sorted((REPO / "dist").glob("hwcaps-fs_*.deb")):
+        pytest.skip("no dist/hwcaps-fs_*.deb for the Containerfile: make deb")
+    base = import_image(PODMAN, base_tarball)
+    built = Engine(PODMAN, f"localhost/hwcaps-fs-test:{uuid.uuid4().hex[:8]}")
+    try:
+        build = subprocess.run(
+            [*PODMAN, "build", "--quiet", "--layers=false", "--network=host", *LIMITS,
+             f"--build-arg=BASE={base}", f"--tag={built.image}",
+             f"--file={REPO / 'tests/containers/Containerfile'}", str(REPO)],
+            capture_output=True, text=True, timeout=1200, check=False)
+        assert build.returncode == 0, build.stderr[-2000:]
+        for options in (FUSE, ()):
+            done = run(built, "hwcaps-demo", "1000", options=options)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.splitlines()[0] == level
+    finally:
+        podman(rootful, "rmi", "--force", built.image, base)
+
+
 @pytest.fixture(scope="session")
 def rootless(image_tarball: Path) -> Iterator[Engine]:
     """podman run by an ordinary user, with subordinate ids, its own storage and runtime
@@ -235,7 +272,7 @@ def rootless(image_tarball: Path) -> Iterator[Engine]:
         skip_unless_podman_runs(prefix, f"rootless (as {ROOTLESS_USER})")
         tarball = Path(user.pw_dir) / "image.tar"
         shutil.copy(image_tarball, tarball)
-        yield Engine(prefix, import_image(prefix, tarball))
+        yield Engine(prefix, app_image(prefix, tarball))
     finally:
         # podman's storage (files owned by subordinate ids), then what podman left running
         # as the user (its pause process), then the user.
