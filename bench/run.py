@@ -30,6 +30,9 @@ from tests.mounting import daemon_pids
 
 HERE = Path(__file__).resolve().parent
 HWCAPS_FS = [sys.executable, "-m", "hwcaps_fs"]
+#: The mount option of the stock exec path (one request per exec), measured beside the fast
+#: path (docs/fast-path.md) in every comparison.
+STOCK = "fastpath=off"
 LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4")
 
 
@@ -100,10 +103,11 @@ def rss_mb(pid: int) -> float:
 
 
 class Bench:
-    def __init__(self, work: Path, rounds: int, spawns: int) -> None:
+    def __init__(self, work: Path, rounds: int, spawns: int, repeats: int = 20) -> None:
         self.work = work
         self.rounds = rounds
         self.spawns = spawns
+        self.repeats = repeats  # of the slower measures (listings, execs after idle)
         self.lines: list[str] = []
         self.execbench = gcc(work / "execbench", HERE / "execbench.c")
 
@@ -174,7 +178,7 @@ def bench_exec(b: Bench, programs: dict[str, Path]) -> None:
     work = b.work
     direct_dir = work / "direct"
     make_store(direct_dir, programs)
-    stores = {name: work / f"store-{name}" for name in ("files", "links", "inplace")}
+    stores = {name: work / f"store-{name}" for name in ("files", "links", "inplace", "stock")}
     for root in stores.values():
         make_store(root, programs)
     linkdir = work / "usrbin"
@@ -185,7 +189,8 @@ def bench_exec(b: Bench, programs: dict[str, Path]) -> None:
     b.emit(f"{b.rounds} rounds × {b.spawns} spawns per configuration, interleaved. "
            "'store' = the dedicated-store deployment: the store mounted over itself, run "
            "through a symlink into it (as /usr/bin/foo → /opt/hwcaps/bin/foo); 'in place' = "
-           "the bin directory mounted over itself, run by its own path; 'pyfuse3 floor' = "
+           "the bin directory mounted over itself, run by its own path; 'stock path' = "
+           f"`-o {STOCK}`, one request to the daemon per exec; 'pyfuse3 floor' = "
            "bench/floor_fs.py, the least a stock pyfuse3 filesystem does per exec (one file, "
            "no checks), for how far hwcaps-fs is from its stack's floor. Ratios are against "
            "executing the same binary directly from ext4 in the same run.")
@@ -194,9 +199,10 @@ def bench_exec(b: Bench, programs: dict[str, Path]) -> None:
         stack.enter_context(mounted(stores["files"], stores["files"]))
         stack.enter_context(mounted(stores["links"], stores["links"], "presentation=symlinks"))
         stack.enter_context(mounted(stores["inplace"], stores["inplace"]))
+        stack.enter_context(mounted(stores["stock"], stores["stock"], STOCK))
         for kind, program in programs.items():
             args = ["-c", "true"] if kind == "bash" else []
-            for name in ("files", "links"):
+            for name in ("files", "links", "stock"):
                 link = linkdir / f"{kind}-{name}"
                 link.unlink(missing_ok=True)
                 link.symlink_to(stores[name] / "bin" / kind)
@@ -207,6 +213,7 @@ def bench_exec(b: Bench, programs: dict[str, Path]) -> None:
                     "store, files": [str(linkdir / f"{kind}-files"), *args],
                     "store, symlinks": [str(linkdir / f"{kind}-links"), *args],
                     "in place, files": [str(stores["inplace"] / "bin" / kind), *args],
+                    "store, files, stock path": [str(linkdir / f"{kind}-stock"), *args],
                     "pyfuse3 floor": [str(floor), *args],
                 }
                 stats = b.interleaved(configs, b.spawns, b.rounds)
@@ -217,16 +224,18 @@ def bench_exec(b: Bench, programs: dict[str, Path]) -> None:
 
 @contextlib.contextmanager
 def both_presentations(b: Bench, programs: dict[str, Path], name: str) -> Iterator[dict[str, str]]:
-    """A store mounted in both presentations: the dynamic program's path directly and
-    through each mount."""
+    """A store mounted in both presentations, and on the stock path: the dynamic program's
+    path directly and through each mount."""
     store = b.work / f"store-{name}"
     make_store(store, programs)
     with mounted(store, b.work / f"m-{name}-files"), \
-            mounted(store, b.work / f"m-{name}-links", "presentation=symlinks"):
+            mounted(store, b.work / f"m-{name}-links", "presentation=symlinks"), \
+            mounted(store, b.work / f"m-{name}-stock", STOCK):
         yield {
             "direct": str(store / "glibc-hwcaps/x86-64-v2/bin/dynamic"),
             "files": str(b.work / f"m-{name}-files/bin/dynamic"),
             "symlinks": str(b.work / f"m-{name}-links/bin/dynamic"),
+            "files, stock path": str(b.work / f"m-{name}-stock/bin/dynamic"),
         }
 
 
@@ -234,7 +243,7 @@ def bench_idle(b: Bench, programs: dict[str, Path]) -> None:
     """Exec after the daemon has idled: spawns spaced 0.5 s apart."""
     with both_presentations(b, programs, "idle") as paths:
         configs = {name: [path] for name, path in paths.items()}
-        stats = b.interleaved(configs, n=2, rounds=20, sleep_ms=500, warmup=0)
+        stats = b.interleaved(configs, n=2, rounds=b.repeats, sleep_ms=500, warmup=0)
     b.emit("## Exec after idle (dynamic binary, spawns 0.5 s apart)")
     b.emit()
     b.latency_table(stats)
@@ -244,7 +253,7 @@ def bench_parallel(b: Bench, programs: dict[str, Path]) -> None:
     """Parallel exec throughput: 4 spawners at once."""
     with both_presentations(b, programs, "par") as configs:
         rates: dict[str, list[float]] = {name: [] for name in configs}
-        for _ in range(3):
+        for _ in range(min(3, b.repeats)):
             for name, path in configs.items():
                 out = run(b.execbench, "-w", "20", "-p", "4", str(b.spawns * 2), path).stdout
                 rates[name].append(float(out))
@@ -270,6 +279,7 @@ LISTING_MOUNTS: dict[str, tuple[str, ...]] = {
     "files": (),
     "symlinks": ("presentation=symlinks",),
     "files, xattr=off": ("xattr=off",),
+    "files, stock path": (STOCK,),
 }
 
 
@@ -279,7 +289,7 @@ def bench_listing(b: Bench, programs: dict[str, Path]) -> None:
     make_store(store, programs, extra_names=3000 - len(programs))
     rows = []
     for command in (["ls"], ["ls", "-l"]):
-        direct = timed_runs([*command, str(store / "bin")], 20)
+        direct = timed_runs([*command, str(store / "bin")], b.repeats)
         label = " ".join(command)
         rows.append([f"`{label}` direct", f"{direct.median:.1f}", "1.00", ""])
         for presentation, options in LISTING_MOUNTS.items():
@@ -289,7 +299,7 @@ def bench_listing(b: Bench, programs: dict[str, Path]) -> None:
                 with mounted(store, mnt, *options):
                     colds.append(timed_runs([*command, str(mnt / "bin")], 1).median)
             with mounted(store, mnt, *options):
-                warm = timed_runs([*command, str(mnt / "bin")], 20)
+                warm = timed_runs([*command, str(mnt / "bin")], b.repeats)
             cold = statistics.median(colds)
             rows.append([f"`{label}` {presentation}", f"{warm.median:.1f}",
                          f"{warm.median / direct.median:.2f}",
@@ -335,24 +345,35 @@ def bench_first_exec_and_read(b: Bench, programs: dict[str, Path]) -> None:
     mb = big.stat().st_size / 1e6
     read_seconds(big)
     direct_warm = statistics.median(read_seconds(big) for _ in range(5))
-    with mounted(store, mnt):
-        cold = []
-        for _ in range(3):
-            drop_file_cache(mnt / "bin/big")
-            cold.append(read_seconds(mnt / "bin/big"))
-        read_seconds(mnt / "bin/big")
-        warm = statistics.median(read_seconds(mnt / "bin/big") for _ in range(5))
+    paths = {"": (), ", stock path": (STOCK,)}
+    cold: dict[str, list[float]] = {name: [] for name in paths}
+    warm: dict[str, list[float]] = {name: [] for name in paths}
+    with contextlib.ExitStack() as stack:
+        views = {name: b.work / f"m-read-{index}" for index, name in enumerate(paths)}
+        for name, options in paths.items():
+            stack.enter_context(mounted(store, views[name], *options))
+        for _ in range(5):  # interleaved; the backing file stays in memory throughout
+            for name, view in views.items():
+                drop_file_cache(view / "bin/big")
+                cold[name].append(read_seconds(view / "bin/big"))
+                warm[name].append(read_seconds(view / "bin/big"))
     b.emit("## First exec after mount, and sequential reads")
     b.emit()
+    b.emit("FUSE cache cold: the view's pages of the file dropped (POSIX_FADV_DONTNEED), the "
+           "backing file in memory; 5 interleaved runs each, median.")
+    b.emit()
     first, direct_first = statistics.median(firsts), statistics.median(directs)
-    b.table(["measure", "value", "× direct"], [
-        ["first exec of the static variant after a fresh mount (µs, median of 5)",
-         f"{first:.0f}", f"{first / direct_first:.2f}"],
-        ["read 100 MB, FUSE cache cold (MB/s)", f"{mb / statistics.median(cold):.0f}",
-         f"{direct_warm / statistics.median(cold):.2f}"],
-        ["read 100 MB, FUSE cache warm (MB/s)", f"{mb / warm:.0f}", f"{direct_warm / warm:.2f}"],
-        ["read 100 MB directly, page cache warm (MB/s)", f"{mb / direct_warm:.0f}", "1.00"],
-    ])
+    rows = [["first exec of the static variant after a fresh mount (µs, median of 5)",
+             f"{first:.0f}", f"{first / direct_first:.2f}"]]
+    for name in paths:
+        cold_s, warm_s = statistics.median(cold[name]), statistics.median(warm[name])
+        rows += [[f"read 100 MB, FUSE cache cold{name} (MB/s)", f"{mb / cold_s:.0f}",
+                  f"{direct_warm / cold_s:.2f}"],
+                 [f"read 100 MB, FUSE cache warm{name} (MB/s)", f"{mb / warm_s:.0f}",
+                  f"{direct_warm / warm_s:.2f}"]]
+    rows.append(["read 100 MB directly, page cache warm (MB/s)", f"{mb / direct_warm:.0f}",
+                 "1.00"])
+    b.table(["measure", "value", "× direct"], rows)
 
 
 def bench_scale(b: Bench, programs: dict[str, Path]) -> None:
@@ -455,7 +476,8 @@ README_END = "<!-- bench results: end -->"
 class Headline:
     """One figure README.md quotes from results.md: the cell in ``column`` of the row named
     ``row`` (what follows `` (`` in a name is left out) in the table under the heading that
-    starts with ``section`` (and the bold sub-heading ``part``, if any), then ``unit``."""
+    starts with ``section`` (and the bold sub-heading ``part``, if any), then ``unit``; beside
+    it the same cell of the row ``stock``, the same measure on the stock exec path."""
 
     measure: str
     section: str
@@ -463,24 +485,33 @@ class Headline:
     row: str
     column: str
     unit: str = "× direct"
+    stock: str | None = None
 
 
 #: README.md's summary of the results. A headline whose row the run did not produce (an
 #: ``--only`` run, a renamed configuration) is left out.
 HEADLINES = (
     Headline("warm exec, static binary (median)", "Warm exec", "static", "store, files",
-             "× median"),
+             "× median", stock="store, files, stock path"),
     Headline("warm exec, dynamic binary (median)", "Warm exec", "dynamic", "store, files",
-             "× median"),
+             "× median", stock="store, files, stock path"),
     Headline("the same on a minimal stock pyfuse3 file system (the stack's floor)",
              "Warm exec", "dynamic", "pyfuse3 floor", "× median"),
-    Headline("warm exec, `bash -c true`", "Warm exec", "bash", "store, files", "× median"),
-    Headline("exec after 0.5 s idle", "Exec after idle", "", "files", "× median"),
+    Headline("warm exec, `bash -c true`", "Warm exec", "bash", "store, files", "× median",
+             stock="store, files, stock path"),
+    Headline("exec after 0.5 s idle", "Exec after idle", "", "files", "× median",
+             stock="files, stock path"),
     Headline("4 parallel spawners, execs per second", "Parallel exec", "", "files",
-             "× direct"),
-    Headline("`ls -l` of 3,000 entries", "Listing", "", "`ls -l` files", "× direct"),
+             "× direct", stock="files, stock path"),
+    Headline("`ls -l` of 3,000 entries", "Listing", "", "`ls -l` files", "× direct",
+             stock="`ls -l` files, stock path"),
+    Headline("`ls` of 3,000 entries", "Listing", "", "`ls` files", "× direct",
+             stock="`ls` files, stock path"),
     Headline("`ls -l` of 3,000 entries, `-o xattr=off`", "Listing", "", "`ls -l` files, xattr=off",
              "× direct"),
+    Headline("read a 100 MB file, view cold, backing file in memory", "First exec", "",
+             "read 100 MB, FUSE cache cold", "value", " MB/s",
+             stock="read 100 MB, FUSE cache cold, stock path"),
     Headline("mount ready, 5,000 names", "Mount-ready", "", "5,000",
              "mount command returns, mount live (s)", " s"),
     Headline("bench/hwcaps-demo.c: the served build's speed-up over its baseline", "The gain", "",
@@ -515,13 +546,21 @@ def tables(lines: list[str]) -> dict[tuple[str, str], list[dict[str, str]]]:
 def summary(lines: list[str]) -> list[str]:
     """What README.md quotes: the run's first paragraph, the headlines, a link to the rest."""
     found = tables(lines)
-    rows = [f"| {headline.measure} | {row[headline.column]}{headline.unit} |"
-            for headline in HEADLINES
-            for (heading, part), table in found.items()
-            if heading.startswith(headline.section) and part == headline.part
-            for row in table if row[""] == headline.row and headline.column in row]
+
+    def cell(headline: Headline, name: str | None) -> str:
+        for (heading, part), table in found.items():
+            if heading.startswith(headline.section) and part == headline.part:
+                for row in table:
+                    if row[""] == name and headline.column in row:
+                        return f"{row[headline.column]}{headline.unit}"
+        return "–"
+
+    rows = [f"| {headline.measure} | {cell(headline, headline.row)} | "
+            f"{cell(headline, headline.stock)} |"
+            for headline in HEADLINES if cell(headline, headline.row) != "–"]
     about = next(line for line in lines if line.startswith("Run "))
-    return [about, "", "| measure | through the view |", "|---|---|", *rows, "",
+    return [about, "", f"| measure | through the view | stock path (`-o {STOCK}`) |",
+            "|---|---|---|", *rows, "",
             "Every figure, with its spread and the configurations not shown here: "
             "[bench/results.md](bench/results.md)."]
 
@@ -543,6 +582,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--spawns", type=int, default=250)
     parser.add_argument("--only", choices=sorted(BENCHES), action="append")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run that checks the benchmarks work (2 rounds of 30 "
+                        "spawns, 3 repeats): its figures are not for quoting")
     parser.add_argument("--readme", type=Path, help="also replace the summary quoted in this "
                         f"file between {README_START!r} and {README_END!r}")
     parser.add_argument("--summarize", action="store_true", help="measure nothing: quote the "
@@ -556,7 +598,8 @@ def main() -> int:
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
-    b = Bench(args.work, args.rounds, args.spawns)
+    b = (Bench(args.work, rounds=2, spawns=30, repeats=3) if args.quick
+         else Bench(args.work, args.rounds, args.spawns))
     load = os.getloadavg()
     b.emit("# hwcaps-fs benchmark results")
     b.emit()

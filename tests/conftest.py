@@ -103,3 +103,14 @@ def attacker() -> Iterator[User]:
         pytest.skip(reason)
     with temporary_user() as user:
         yield user
+
+
+@pytest.fixture(params=["fast path", "stock path"])
+def both_exec_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once on each exec path: the fast path (the default) and the stock one,
+    ``-o fastpath=off`` (tests.mounting.suite_options; docs/fast-path.md)."""
+    if request.param == "stock path":
+        options = os.environ.get("HWCAPS_FS_TEST_OPTIONS")
+        monkeypatch.setenv("HWCAPS_FS_TEST_OPTIONS",
+                           f"{options},fastpath=off" if options else "fastpath=off")
+    return str(request.param)

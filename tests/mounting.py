@@ -30,9 +30,13 @@ DEADLINE = 15.0
 ENVIRONMENT = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
+#: The command line, as this checkout's interpreter runs it.
+HWCAPS_FS = (sys.executable, "-m", "hwcaps_fs")
+
+
 def hwcaps_fs(*args: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
     """Run the command line as a subprocess (stdio captured, time-bound)."""
-    return subprocess.run([sys.executable, "-m", "hwcaps_fs", *args], capture_output=True,
+    return subprocess.run([*HWCAPS_FS, *args], capture_output=True,
                           text=True, timeout=timeout, check=False, env=ENVIRONMENT, cwd="/")
 
 
@@ -149,18 +153,27 @@ def stop(process: subprocess.Popen[bytes], timeout: float = DEADLINE) -> None:
         process.wait(timeout=timeout)
 
 
+def suite_options() -> tuple[str, ...]:
+    """``-o`` options every mount of the tests gets, from $HWCAPS_FS_TEST_OPTIONS:
+    ``HWCAPS_FS_TEST_OPTIONS=fastpath=off make test`` runs the suite on the stock exec path."""
+    options = os.environ.get("HWCAPS_FS_TEST_OPTIONS")
+    return ("-o", options) if options else ()
+
+
 @contextlib.contextmanager
 def mounted(root: Path, mountpoint: Path, *args: str, env: dict[str, str] | None = None,
-            prefix: tuple[str, ...] = (), journal: bool = False) -> Iterator[Mount]:
+            prefix: tuple[str, ...] = (), journal: bool = False,
+            command_line: tuple[str, ...] = HWCAPS_FS) -> Iterator[Mount]:
     """``hwcaps-fs mount --foreground --root ROOT [args] MOUNTPOINT`` for the ``with`` body,
-    run through ``prefix`` (``setpriv ...``) when given; with ``journal``, its stderr is
-    named by $JOURNAL_STREAM, as systemd does when stderr is the journal."""
+    run through ``prefix`` (``setpriv ...``) when given, by ``command_line``; with
+    ``journal``, its stderr is named by $JOURNAL_STREAM, as systemd does when stderr is the
+    journal."""
     work = mountpoint.parent / f".{mountpoint.name}.daemon"
     work.mkdir(exist_ok=True)
     log = work / "stderr"
     sock = _ready_socket(work)
-    command = [*prefix, sys.executable, "-m", "hwcaps_fs", "mount", "--foreground",
-               "--root", str(root), *args, str(mountpoint)]
+    command = [*prefix, *command_line, "mount", "--foreground", "--root", str(root),
+               *suite_options(), *args, str(mountpoint)]
     environment = {**ENVIRONMENT, **(env or {}), "NOTIFY_SOCKET": str(work / "notify.sock")}
     with log.open("wb") as stderr:
         if journal:

@@ -56,7 +56,8 @@ def test_under_the_journal_lines_carry_their_priority(fuse_ok: None, binaries: P
         pass
     lines = mount.log_text().splitlines()
     assert f"<4>glibc-hwcaps/{level}/bin/prog: skipped: not executable (mode 0644)" in lines
-    assert any(re.fullmatch(r"<6>serving .* level \S+ \(decided by .*\), 1 names", line)
+    assert any(re.fullmatch(r"<6>serving .* level \S+ \(decided by .*\), 1 names, "
+                            r"exec path: .+", line)
                for line in lines), lines
     assert not [line for line in lines if "hwcaps-fs[" in line or not line.startswith("<")]
 
@@ -80,7 +81,8 @@ def test_ready_comes_with_a_status(fuse_ok: None, binaries: Path, tmp_path: Path
         fields = dict(line.split("=", 1) for line in mount.notified.splitlines())
     assert fields["READY"] == "1"
     assert fields["STATUS"].startswith(f"serving {store} at {mnt}: level {level} (decided by ")
-    assert fields["STATUS"].endswith("), 1 names")
+    assert re.search(r"\), 1 names, exec path: (zero-request|one request per exec) \(",
+                     fields["STATUS"])
 
 
 def test_run_warns_on_stderr_without_syslog(fuse_ok: None, binaries: Path, tmp_path: Path,

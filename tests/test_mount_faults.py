@@ -191,6 +191,7 @@ def assert_answered(mnt: Path, level: str, names: list[str]) -> None:
         mnt / "bin/foo", "user.hwcaps.level")) == level.encode()
 
 
+@pytest.mark.usefixtures("both_exec_paths")
 def test_a_held_read_stalls_nothing_else(binaries: Path, tmp_path: Path, level: str) -> None:
     """While a read of one file of the store is stuck, every other request is answered, a
     live update included; the held read then completes intact."""

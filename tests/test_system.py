@@ -25,10 +25,10 @@ MOUNTINFO = """\
 
 def test_parse_mountinfo() -> None:
     assert parse_mountinfo(MOUNTINFO) == [
-        MountEntry(22, "/", "ext4", "/dev/vda1", frozenset({"rw", "relatime"})),
-        MountEntry(42, "/tmp/with space", "fuse.hwcaps-fs", "hwcaps-fs",
+        MountEntry(22, "252:1", "/", "ext4", "/dev/vda1", frozenset({"rw", "relatime"})),
+        MountEntry(42, "0:39", "/tmp/with space", "fuse.hwcaps-fs", "hwcaps-fs",
                    frozenset({"ro", "nosuid", "nodev", "relatime"})),
-        MountEntry(43, "/tmp/with space", "fuse.hwcaps-fs", "store", frozenset({"ro"})),
+        MountEntry(43, "0:40", "/tmp/with space", "fuse.hwcaps-fs", "store", frozenset({"ro"})),
     ]
 
 

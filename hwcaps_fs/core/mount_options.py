@@ -65,12 +65,15 @@ class MountOptions:
     hwcaps-fs side: ``level`` caps the level served (as ``--level``), ``layout`` the store
     layout (as ``--layout``), ``presentation`` whether names are regular files (default:
     /proc/self/exe, argv[0] and $ORIGIN keep the mounted path) or symlinks to the served
-    variant, ``xattr``: with ``off`` getxattr is declined once for all (ENOSYS), which makes
-    ``ls -l`` much cheaper (no two round trips per entry for security.selinux and the ACL) at
-    the cost of the ``user.hwcaps.*`` attributes, ``levels_view`` adds ``.hwcaps/<level>/``:
-    what each level up to this CPU's would serve (:mod:`hwcaps_fs.core.level_views`),
-    ``loader_links`` (an absolute directory) shows links to ``hwcaps-loader`` as links into
-    that directory, a view of the system's ``/usr/hwcaps`` (:mod:`hwcaps_fs.core.loader_links`).
+    variant, ``xattr``: with ``off`` getxattr is declined once for all (ENOSYS), the
+    ``user.hwcaps.*`` attributes with it (with ``on`` other namespaces answer EOPNOTSUPP, so
+    ``ls -l`` asks twice per listing, not twice per entry), ``levels_view`` adds
+    ``.hwcaps/<level>/``: what each level up to this CPU's would serve
+    (:mod:`hwcaps_fs.core.level_views`), ``loader_links`` (an absolute directory) shows
+    links to ``hwcaps-loader`` as links into that directory, a view of the system's
+    ``/usr/hwcaps`` (:mod:`hwcaps_fs.core.loader_links`), ``fastpath``: with ``off`` the
+    kernel asks the daemon at every exec, as stock pyfuse3 makes it (for debugging;
+    docs/fast-path.md).
     """
 
     allow_other: bool
@@ -85,6 +88,7 @@ class MountOptions:
     xattr: bool = True
     levels_view: bool = False
     loader_links: str | None = None
+    fastpath: bool = True
 
     def serves_root(self) -> bool:
         """Whether root may execute what the view serves (the daemon runs as root, or every
@@ -110,7 +114,7 @@ FLAGS = frozenset({"allow_other", "auto_unmount", "noexec", "debug", "levels_vie
 
 #: Options whose value is one of an enumeration's.
 CHOICES: dict[str, type[enum.Enum]] = {
-    "layout": Layout, "presentation": Presentation, "xattr": Switch,
+    "layout": Layout, "presentation": Presentation, "xattr": Switch, "fastpath": Switch,
 }
 
 
@@ -127,8 +131,10 @@ DOCUMENTED: tuple[tuple[str, str], ...] = (
     ("presentation=files|symlinks", "names are regular files (the default: /proc/self/exe, "
                                     "argv[0] and $ORIGIN keep the mounted path) or symlinks to "
                                     "the served file"),
-    ("xattr=on|off", "off declines extended attributes once for all: ls -l gets much cheaper, "
-                     "user.hwcaps.* goes away"),
+    ("xattr=on|off", "off declines extended attributes once for all, user.hwcaps.* with them "
+                     "(with on, the default, ls -l asks two per listing, not two per entry)"),
+    ("fastpath=on|off", "off: the kernel asks the daemon at every exec, as stock pyfuse3 makes "
+                        "it (for debugging; see docs/fast-path.md)"),
     ("levels_view", "adds .hwcaps/<level>/ at the top of the view: what a CPU at the baseline "
                     "and at each level this CPU searches would be served"),
     ("loader_links=DIR", "shows every link to hwcaps-loader as a link to DIR/<name>: a system "

@@ -242,7 +242,9 @@ def changed_entries(old: View, new: View) -> list[tuple[int, bytes]]:
 
 
 def changed_directories(old: View, new: View) -> list[int]:
-    """Directory inodes in both views whose attributes changed (mtime, nlink, mode...)."""
+    """Directory inodes in both views whose attributes (mtime, nlink, mode...) or listing
+    changed: the kernel may cache both."""
     return [ino for ino, node in new.nodes.items()
             if node.is_directory and ino in old.nodes
-            and old.nodes[ino].attributes != node.attributes]
+            and (old.nodes[ino].attributes != node.attributes
+                 or old.listing.get(ino) != new.listing.get(ino))]

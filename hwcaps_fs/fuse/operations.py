@@ -12,7 +12,8 @@ the symlink presentation), so they are written to the floor of stock pyfuse3 (do
 * the mount is nosuid, so the kernel never asks ``security.capability`` at exec; extended
   attributes are answered from memory (``xattr=off`` declines them all with ENOSYS, which makes
   ``ls -l`` cheap at the cost of ``user.hwcaps.*``);
-* blocking work (reads, statfs) runs in worker threads: one stuck handler would stall every exec.
+* blocking work (reads that could wait, statfs) runs in worker threads: one stuck handler
+  would stall every exec; what is already in memory is read in the event loop.
 
 The mount is always ``ro``, so the kernel refuses every write itself and no handler that would
 write is defined (pyfuse3's defaults answer ENOSYS; ``open`` for writing answers EROFS). A
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import itertools
 import logging
 import os
 from collections import Counter
@@ -37,9 +37,19 @@ import trio
 
 from hwcaps_fs.core.model import Candidate
 from hwcaps_fs.core.view import Attributes, Node, View, changed_directories, changed_entries
+from hwcaps_fs.fuse import fastpath
 from hwcaps_fs.fuse.backing import BackingFiles, ReplacedError
 
 log = logging.getLogger(__name__)
+
+#: The only namespace of extended attributes the view has. Asked for another (ls -l asks for
+#: security.selinux and system.posix_acl_access of every entry), getxattr answers EOPNOTSUPP,
+#: not ENODATA: ls then stops asking for the rest of the file system, two requests per listing
+#: instead of two per entry, and user.hwcaps.* still answer.
+USER_NAMESPACE = b"user."
+
+#: The attribute of the mount's root that tells what an exec costs (hwcaps_fs.fastpath).
+EXEC_PATH_XATTR = b"user.hwcaps.exec-path"
 
 #: Entry and attribute timeout in seconds: a day, with explicit invalidation on every change.
 CACHE_TIMEOUT = 86400.0
@@ -117,8 +127,12 @@ class HwcapsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
 
     def __init__(self, view: View, backing: BackingFiles, root_fd: int, *,
-                 xattrs: bool) -> None:
+                 xattrs: bool, symlinks: bool = False,
+                 on_init: Callable[[str], None] = lambda exec_path: None) -> None:
         super().__init__()
+        self._symlinks = symlinks
+        self._on_init = on_init
+        self._root_xattrs: dict[bytes, bytes] = {}
         self._view = view
         self._replies = {ino: Reply.of(node) for ino, node in view.nodes.items()}
         self._retired: dict[int, Reply] = {}
@@ -126,9 +140,14 @@ class HwcapsOperations(pyfuse3.Operations):
         self._backing = backing
         self._root_fd = root_fd
         self._xattrs = xattrs
-        self._listings: dict[int, tuple[tuple[bytes, int], ...]] = {}
-        self._handles = itertools.count(1)
         _warn(backing.open_all(_files(view, {})))
+
+    def init(self) -> None:
+        """The kernel answered INIT: what an exec costs is known now (hwcaps_fs.fastpath);
+        the mount's root shows it as ``user.hwcaps.exec-path``."""
+        exec_path = fastpath.exec_path(symlinks=self._symlinks)
+        self._root_xattrs[EXEC_PATH_XATTR] = exec_path.encode()
+        self._on_init(exec_path)
 
     # -- the view ------------------------------------------------------------------------
 
@@ -153,7 +172,7 @@ class HwcapsOperations(pyfuse3.Operations):
         for parent, name in changed_entries(old_view, view):
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
         for directory in changed_directories(old_view, view):
-            await trio.to_thread.run_sync(_invalidate_attributes, directory)
+            await trio.to_thread.run_sync(_invalidate_directory, directory)
 
     async def _discard(self, inodes: list[int]) -> None:
         if inodes:
@@ -204,11 +223,20 @@ class HwcapsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         return file_info
 
+    # pyfuse3 replies with any buffer (PyObject_GetBuffer), though its stub says bytes.
     @guarded
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        candidate = self._reply(fh).node.served
+    async def read(  # type: ignore[override]
+            self, fh: int, off: int, size: int) -> bytes | memoryview:
+        node = self._reply(fh).node
+        candidate = node.served
         if candidate is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        # Bytes the backing file has in memory are read here; only a read that could wait
+        # (cold, or a store that cannot tell) goes to a worker thread, so a stalled store
+        # holds up that read alone.
+        cached = self._backing.pread_cached(fh, off, size, node.attributes.size)
+        if cached is not None:
+            return cached
         try:
             return await trio.to_thread.run_sync(self._backing.pread, fh, candidate, off, size)
         except ReplacedError as exc:
@@ -231,16 +259,15 @@ class HwcapsOperations(pyfuse3.Operations):
 
     @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        listing = self._view.listing.get(inode)
-        if listing is None:
+        if inode not in self._view.listing:
             raise pyfuse3.FUSEError(errno.ENOTDIR if inode in self._replies else errno.ENOENT)
-        handle = next(self._handles)
-        self._listings[handle] = listing
-        return handle
+        return inode
 
     @guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        listing = self._listings[fh]
+        # The handle is the directory's inode: no state per open, since the fast path lets
+        # the kernel keep the listing across opens (hwcaps_fs.fastpath).
+        listing = self._view.listing.get(fh, ())
         for index in range(start_id, len(listing)):
             name, inode = listing[index]
             reply = self._replies.get(inode) or self._retired.get(inode)
@@ -251,7 +278,7 @@ class HwcapsOperations(pyfuse3.Operations):
             self._lookups[inode] += 1
 
     async def releasedir(self, fh: int) -> None:
-        self._listings.pop(fh, None)
+        return None
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None
@@ -271,7 +298,9 @@ class HwcapsOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if not self._xattrs:
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        value = (self._reply(inode).node.xattrs or {}).get(name)
+        if not name.startswith(USER_NAMESPACE):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        value = self._xattrs_of(inode).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -280,7 +309,11 @@ class HwcapsOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         if not self._xattrs:
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        return list(self._reply(inode).node.xattrs or ())
+        return list(self._xattrs_of(inode))
+
+    def _xattrs_of(self, inode: int) -> Mapping[bytes, bytes]:
+        xattrs = self._reply(inode).node.xattrs or {}
+        return {**xattrs, **self._root_xattrs} if inode == pyfuse3.ROOT_INODE else xattrs
 
 
 def _files(view: View, known: Mapping[int, object]) -> list[tuple[int, Candidate]]:
@@ -295,10 +328,10 @@ def _warn(messages: list[str]) -> None:
         log.warning("%s", message)
 
 
-def _invalidate_attributes(inode: int) -> None:
-    """Drop the kernel's cached attributes of a directory (not its pages: it has none)."""
+def _invalidate_directory(inode: int) -> None:
+    """Drop the kernel's cached attributes of a directory and its cached listing."""
     try:
-        pyfuse3.invalidate_inode(inode, attr_only=True)
+        pyfuse3.invalidate_inode(inode)
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             log.warning("cannot invalidate inode %d: %s", inode, exc.strerror)

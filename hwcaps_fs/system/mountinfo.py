@@ -22,6 +22,7 @@ class MountEntry:
     """One line of /proc/self/mountinfo (the fields hwcaps-fs needs)."""
 
     mount_id: int
+    device: str  # major:minor, as /sys/class/bdi/ names it
     mountpoint: str
     fstype: str
     source: str
@@ -53,7 +54,7 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
         if "-" not in fields:
             continue
         separator = fields.index("-")
-        entries.append(MountEntry(int(fields[0]), _unescape(fields[4]),
+        entries.append(MountEntry(int(fields[0]), fields[2], _unescape(fields[4]),
                                   fields[separator + 1], _unescape(fields[separator + 2]),
                                   frozenset(fields[5].split(","))))
     return entries
