@@ -8,6 +8,7 @@ import hashlib
 import mmap
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -74,6 +75,18 @@ def on_fast_path() -> None:
         pytest.skip("the fast-path library is not built (no compiler or libfuse3 headers)")
     if "fastpath=off" in " ".join(suite_options()):
         pytest.skip("the suite runs with the fast path off ($HWCAPS_FS_TEST_OPTIONS)")
+
+
+def test_the_library_is_built_and_links_no_libfuse() -> None:
+    """Where libfuse3's headers are, the package's build made the library; it must not link
+    a libfuse of its own (two in one process would mix their sessions)."""
+    headers = shutil.which("pkg-config") is not None and subprocess.run(
+        ["pkg-config", "--exists", "fuse3"], check=False).returncode == 0
+    path = fastpath.library_path()
+    if path is None:
+        assert not headers, "libfuse3's headers are installed but the library was not built"
+        pytest.skip("no libfuse3 headers: the package was built without the fast path")
+    assert b"libfuse3.so" not in Path(path).read_bytes()
 
 
 @pytest.mark.usefixtures("on_fast_path")

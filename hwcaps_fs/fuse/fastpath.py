@@ -6,8 +6,8 @@ caches directory listings and caches symlinks. It only works when it is loaded i
 global symbol scope *before* pyfuse3's extension is imported, which is why the package's
 ``__init__`` calls :func:`load`: every module that imports pyfuse3 is a module of this package.
 
-Whether it is on is known only once pyfuse3 has built its session (:func:`wrapped`) and the
-kernel has answered INIT (:func:`exec_path`). Anything in between (not built, not loaded, a
+Whether it is on is known from the library's counters once pyfuse3 has built its session and
+the kernel has answered INIT (:func:`exec_path`). Anything in between (not built, not loaded, a
 libc without ``dlvsym``, a kernel without no-open support, ``-o fastpath=off``) leaves the
 daemon serving as stock pyfuse3 does, one request per exec, and :func:`exec_path` says why.
 """
@@ -18,7 +18,6 @@ import ctypes
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
 
 #: The library's module name (an extension file, but loaded with ctypes, never imported).
 LIBRARY = "hwcaps_fs.fuse._fastpath"
@@ -30,21 +29,6 @@ FIELDS = ("size", "disabled", "sessions", "unwrapped", "lookup_failures", "inits
 
 class _State(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in FIELDS]
-
-
-@dataclass(frozen=True)
-class Counters:
-    """A snapshot of the library's counters (see _fastpath.c for what each one counts)."""
-
-    sessions: int
-    lookup_failures: int
-    inits: int
-    no_open: bool
-    cache_symlinks: bool
-    opens_declined: int
-    reads: int
-    opendirs: int
-    libfuse_version: int
 
 
 _state: _State | None = None
@@ -89,20 +73,6 @@ def disable() -> None:
     _disabled = True
     if _state is not None:
         _state.disabled = 1
-
-
-def counters() -> Counters | None:
-    """The library's counters, or None when it is not loaded."""
-    if _state is None:
-        return None
-    values = {name: getattr(_state, name) for name in Counters.__dataclass_fields__}
-    flags = {name: bool(values[name]) for name in ("no_open", "cache_symlinks")}
-    return Counters(**{**values, **flags})
-
-
-def wrapped() -> bool:
-    """Whether the library wrapped pyfuse3's session (call after ``pyfuse3.init``)."""
-    return _state is not None and _state.sessions > 0
 
 
 def _why_not(symlinks: bool) -> str | None:
