@@ -164,6 +164,26 @@ def test_in_place_over_a_populated_directory(binaries: Path, public: Path, level
     assert not bind.exists()
 
 
+@pytest.mark.parametrize("ending", ["SIGTERM", "the view unmounted"])
+def test_in_place_ends_cleanly_after_its_bind_mount_was_unmounted(binaries: Path,
+                                                                   tmp_path: Path,
+                                                                   ending: str) -> None:
+    """At shutdown systemd unmounts the bind mount (a mount unit of its own) while the daemon
+    still serves; the daemon, stopped or left by its view, then removes what is left without
+    a word: no mount, no directory."""
+    store = make_store(binaries, tmp_path / "store")
+    bind = Path(RUNTIME_DIR, runtime_name(str(store)))
+    with mounted(store, store) as mount:
+        subprocess.run(["umount", str(bind)], check=True, timeout=DEADLINE)
+        if ending == "SIGTERM":
+            assert mount.stop() == 0
+        else:
+            subprocess.run(["umount", str(store)], check=True, timeout=DEADLINE)
+            assert mount.process.wait(timeout=DEADLINE) == 0
+        assert not bind.exists()
+        assert "bind mount" not in mount.log_text(), mount.log_text()
+
+
 def test_in_place_keeps_symlinks_that_leave_the_directory(binaries: Path, public: Path,
                                                           level: str) -> None:
     """/usr/bin/awk -> /etc/alternatives/awk and friends: an in-place view shows every symlink

@@ -5,10 +5,18 @@ is the mountpoint, the real files are only reachable through a bind mount of the
 directory, made under :data:`RUNTIME_DIR` before mounting. It keeps setuid (only the FUSE mount
 is nosuid) unless the directory's own mount is nosuid: it carries every restriction of that
 mount. It is made private, or the FUSE mount would propagate onto it.
+
+It is also a mount systemd sees: it makes a unit of it (``run-hwcaps\\x2dfs-<name>.mount``)
+and unmounts it at shutdown. The units shipped for /usr/bin are ordered after that unit; an
+instance of the ``hwcaps-fs@.service`` template cannot name it (no specifier gives the escaped
+path of the bind mount), so there systemd may unmount it while the daemon still serves, or
+try to after the daemon removed it (its umount fails, it sees the mount gone and goes on).
+The daemon removes what is left, and what is already gone is no error.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -64,8 +72,18 @@ def bind_underlying(root_fd: int, mountpoint: str) -> str:
 
 
 def unbind(target: str) -> None:
+    """Remove the bind mount at ``target`` and its directory as the daemon ends. What is
+    already gone is no error (systemd, or an administrator, may have unmounted it: umount2
+    then says EINVAL, not a mount point); what stays, a mount or the directory, is said."""
     try:
-        sys_umount(target, MNT_DETACH)
+        for _ in mounts_at(target):
+            try:
+                sys_umount(target, MNT_DETACH)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
         os.rmdir(target)
+    except FileNotFoundError:
+        pass
     except OSError as exc:
         log.warning("cannot remove the bind mount %s: %s", target, exc.strerror)

@@ -36,6 +36,9 @@ UNIT_PROPERTIES = ("ActiveState", "SubState", "Result", "ConditionResult",
 SUDO_USER = "hwcaps-sudo"
 SUDO = Path("/usr/bin/sudo")
 EXEC_PATH = "user.hwcaps.exec-path"
+#: The service's private bind mount (an in-place view) and the unit systemd makes of it.
+SERVICE_BIND = "/run/hwcaps-fs/opt-svcstore"
+SERVICE_BIND_UNIT = "run-hwcaps\\x2dfs-opt\\x2dsvcstore.mount"
 #: How long auto_unmount may take to remove the mount after the daemon is killed.
 UNMOUNT_TIMEOUT = 30.0
 
@@ -175,6 +178,33 @@ def service_crash_test() -> dict[str, object]:
     return report
 
 
+def mounts_under(path: str) -> list[str]:
+    """The mountpoints at or below ``path``."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        where = line.split()[4]
+        if where == path or where.startswith(path + "/"):
+            found.append(where)
+    return found
+
+
+def service_stop_test() -> dict[str, object]:
+    """Stop the service the way shutdown does: systemd stops the unit it made of the bind
+    mount (nothing orders it after an instance of the template) while the daemon still
+    serves, then the service. Nothing may be left under /run/hwcaps-fs; then start it again."""
+    unit, probe = UNITS[2], PROBES[2]
+    report: dict[str, object] = {
+        "bind_before": mounts_under(SERVICE_BIND),
+        "stop_bind": run("systemctl", "stop", SERVICE_BIND_UNIT),
+        "stop": run("systemctl", "stop", unit),
+    }
+    report.update(bind_after=mounts_under(SERVICE_BIND),
+                  directory_left=os.path.lexists(SERVICE_BIND),
+                  units_stopped=unit_states(), start=run("systemctl", "start", unit))
+    report.update(units=unit_states(), mounts=mount_types(), probe=run(probe))
+    return report
+
+
 def main() -> None:
     cmdline = Path("/proc/cmdline").read_text().split()
     result: dict[str, object] = {
@@ -192,6 +222,7 @@ def main() -> None:
     if mount_types()["/usr/bin"] is not None:
         result["crash"] = crash_test()
         result["service_crash"] = service_crash_test()
+        result["service_stop"] = service_stop_test()
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=1))
     os.sync()

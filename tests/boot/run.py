@@ -9,7 +9,9 @@ behind a /usr/bin symlink (opt-hwcaps.mount), and the Type=notify template
 (hwcaps-fs@opt-svcstore.service). Each deployment serves ``hwcaps-probe``, a program built for
 every x86-64 level that prints its level. A oneshot service (guest_check.py) records what the
 guest sees (sudo run by a user among it: setuid programs must keep working through a view),
-kills the /usr/bin daemon with SIGKILL, restarts the unit, and powers off.
+kills the /usr/bin daemon with SIGKILL, restarts the unit, kills the service's daemon (systemd
+restarts it), stops the service after its bind mount's unit as shutdown may (nothing may be
+left under /run/hwcaps-fs), starts it again, and powers off.
 
 Boots:
 
@@ -22,8 +24,8 @@ Boots:
 In every normal boot the probes must print what the guest's own ``ld.so --help`` says is the
 highest level, the units must be up before local-fs.target, the killed daemon's mount must be
 gone with /usr/bin plain again, the restarted unit must serve again, and the journal must show
-a clean unmount at shutdown. Results are printed as a table; the exit status is 1 if any check
-failed.
+a clean unmount at shutdown, with no complaint from a daemon about its bind mount. Results
+are printed as a table; the exit status is 1 if any check failed.
 
 Run as root: ``make boot-test`` (or ``.venv/bin/python -m tests.boot.run --help``).
 """
@@ -325,6 +327,7 @@ def judge(boot: Boot) -> None:
           status.startswith(f"serving /opt/svcstore: level {level} (decided by "), status)
     judge_crash(result.get("crash"), level, check)
     judge_service_crash(result.get("service_crash"), level, check)
+    judge_service_stop(result.get("service_stop"), level, check)
     judge_journal(boot.journal, check)
 
 
@@ -373,11 +376,31 @@ def judge_service_crash(crash: object, level: str,
           and output_of(crash["probe"]) == level, output_of(crash["probe"]))
 
 
+def judge_service_stop(stop: object, level: str,
+                       check: Callable[[str, bool, str], None]) -> None:
+    if not isinstance(stop, dict) or not stop.get("bind_before"):
+        check("service stop test: the service's bind mount was found", False, f"{stop}")
+        return
+    check("service stop test: systemctl stop, after systemd unmounted the bind mount",
+          stop["stop_bind"]["rc"] == 0 and stop["stop"]["rc"] == 0
+          and stop["units_stopped"][SERVICE].get("ActiveState") == "inactive",
+          f"{stop['stop_bind']}, {stop['stop']}, {stop['units_stopped'][SERVICE]}")
+    check("service stop test: nothing left under /run/hwcaps-fs (no mount, no directory)",
+          not stop["bind_after"] and not stop["directory_left"],
+          f"mounts {stop['bind_after']}, directory left: {stop['directory_left']}")
+    check("service stop test: systemctl start serves again",
+          stop["start"]["rc"] == 0 and stop["units"][SERVICE].get("ActiveState") == "active"
+          and stop["mounts"]["/opt/svcstore"] == "fuse.hwcaps-fs"
+          and output_of(stop["probe"]) == level,
+          f"rc {stop['start']['rc']}, probe {output_of(stop['probe'])}")
+
+
 def judge_journal(journal: str, check: Callable[[str, bool, str], None]) -> None:
     lines = journal.splitlines()
     check("journal read", bool(lines), f"{len(lines)} lines")
+    # "cannot remove the bind mount": the daemon found its bind mount unmounted by systemd.
     for bad in ("Failed unmounting", "Mount process finished, but there is no mount",
-                "Traceback"):
+                "Traceback", "cannot remove the bind mount"):
         found = [line for line in lines if bad in line]
         check(f"journal: no '{bad}'", not found, found[0] if found else "")
     # Under the journal the daemon writes "<N>message": journald shows the message with its
