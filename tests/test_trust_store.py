@@ -6,6 +6,9 @@ achieve through a view served to root. Each attack is run by a real non-root use
   sits in count, not only its target's);
 * a directory above ROOT the user can write (they could put another store in ROOT's place);
 * POSIX ACLs (the view never grants what an ACL on the real path denies);
+* ``-o loader_links=DIR`` (the view's links lead root into DIR: DIR, the way to it and the
+  symlinks on it must be root's alone, or the mount is refused);
+* ``compare`` run as root (it runs no build a user could change, a link out of ROOT included);
 * names with control characters (quoted wherever a name is printed).
 """
 
@@ -20,7 +23,15 @@ from pathlib import Path
 import pytest
 
 from tests.builders import compile_c, compile_level, install, variant_store
-from tests.mounting import DEADLINE, ENVIRONMENT, hwcaps_fs, mounted
+from tests.mounting import (
+    DEADLINE,
+    ENVIRONMENT,
+    assert_one_line_error,
+    cleanup,
+    hwcaps_fs,
+    mounted,
+)
+from tests.test_loader_systems import solus_system
 from tests.test_run import WITHOUT_FUSE
 from tests.users import User
 
@@ -122,6 +133,92 @@ def test_a_store_below_a_users_directory_is_not_served_to_root(
     assert links.returncode == 0, links.stderr
     assert "FUSE unavailable" in links.stderr
     assert links.stdout == "", links.stdout
+
+
+# -- links the view makes: -o loader_links=DIR -------------------------------------------
+
+
+def pwned_script(user: User, path: Path) -> None:
+    """As ``user``: a program at ``path`` that says it ran, and as whom, on its standard
+    output and in ``path.ran``."""
+    user.run("sh", "-c", f"printf '#!/bin/sh\\nid -u >> \"$0.ran\"\\necho pwned\\n' "
+             f"> '{path}' && chmod 755 '{path}'", check=True)
+
+
+@pytest.mark.parametrize("given", ["DIR is the user's", "DIR's parent is the user's",
+                                   "a symlink of the user's on the way"])
+def test_loader_links_never_lead_root_where_a_user_can_write(
+        binaries: Path, public: Path, attacker: User, given: str) -> None:
+    """The in-place view of usr/bin shows each link to hwcaps-loader as a link into DIR, and
+    root follows it: if a user can change what DIR/foo is (DIR, a parent of it, a symlink
+    on the way), the mount is refused. Were it mounted, the user would make root run their
+    program."""
+    usr = solus_system(binaries, public / "store" / "usr")
+    home = public / "home"
+    home.mkdir()
+    attacker.owns(home)
+    if given == "DIR is the user's":
+        directory = home
+    elif given == "DIR's parent is the user's":
+        directory = home / "view"
+        directory.mkdir()
+    else:
+        # A sticky directory every user may write, as /tmp: the user's link in it is theirs
+        # to repoint, though it leads to a root-only directory when the view is mounted.
+        sticky, safe = public / "tmp", public / "safe"
+        sticky.mkdir()
+        sticky.chmod(0o1777)
+        safe.mkdir()
+        directory = sticky / "view"
+        attacker.run("ln", "-s", safe, directory, check=True)
+
+    result = hwcaps_fs("mount", "-o", f"loader_links={directory}", str(usr / "bin"))
+    try:
+        if result.returncode == 0:
+            if given == "DIR's parent is the user's":
+                attacker.run("mv", directory, home / "old", check=True)
+                attacker.run("mkdir", directory, check=True)
+            elif given == "a symlink of the user's on the way":
+                attacker.run("ln", "-sfn", home, directory, check=True)
+            pwned_script(attacker, directory / "foo")
+            assert output(usr / "bin/foo").stdout.strip() == "hwcaps-loader ran"
+    finally:
+        cleanup(usr / "bin")
+    assert_one_line_error(result, 3)
+    assert f"loader_links {directory}: " in result.stderr
+    assert list(public.rglob("*.ran")) == []
+
+
+# -- compare, run as root ------------------------------------------------------------------
+
+
+def test_compare_as_root_runs_no_build_a_user_could_change(
+        binaries: Path, public: Path, attacker: User, level: str) -> None:
+    """docs/packagers.md: compare as root refuses what the view would refuse when serving
+    root, and a baseline symlink out of ROOT (which the view shows as it is, for the kernel
+    to follow with the caller's rights) is run by compare itself: it must lead nowhere a user
+    can change."""
+    level = active_level(level)
+    store = variant_store(binaries, public / "store", "bin/foo", levels=())
+    home = public / "home"
+    home.mkdir()
+    attacker.owns(home)
+    pwned_script(attacker, home / "bar")
+    (store / "bin/bar").symlink_to(home / "bar")
+    variant = store / "glibc-hwcaps" / level / "bin"
+    variant.mkdir(parents=True)
+    attacker.owns(variant)
+    pwned_script(attacker, variant / "foo")
+
+    quick = ("--budget", "1", "--min-rounds", "1", "--max-rounds", "2")
+    linked = hwcaps_fs("compare", *quick, str(store), "bin/bar")
+    assert linked.returncode == 3, linked
+    assert f"directory {home} is writable by a non-root user" in linked.stderr
+    variants = hwcaps_fs("compare", *quick, str(store), "bin/foo")
+    assert variants.returncode == 0, variants
+    assert f"not measured: {level} (glibc-hwcaps/{level}/bin/foo): owned by uid" in \
+        variants.stdout
+    assert list(public.rglob("*.ran")) == []
 
 
 # -- POSIX ACLs --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from hwcaps_fs.core.model import Candidate, Store
 from hwcaps_fs.core.resolve import Target, resolve
 from hwcaps_fs.core.view import BASELINE
 from hwcaps_fs.errors import PathError, show
+from hwcaps_fs.store.files import untrusted_path
 from hwcaps_fs.system.measure import Outcome, Run, Runner, scratch_file
 
 
@@ -482,15 +483,33 @@ class TerminalProgress:
             self.stream.flush()
 
 
+def _links_out_vouched(store: Store, relpath: str) -> Store:
+    """``store`` with each candidate of ``relpath`` that is a symlink out of ROOT marked
+    untrusted when a non-root user could change where it leads. The view shows such a link as
+    it is and the kernel follows it for the caller; compare runs it, as root, and so must
+    vouch for it as for a build inside ROOT (:func:`~hwcaps_fs.store.files.untrusted_path`)."""
+    found = dict(store.candidates(relpath))
+    if not found:
+        return store
+    for level, candidate in found.items():
+        if candidate.unfollowed_link and candidate.untrusted is None:
+            reason = untrusted_path(os.path.join(store.root, candidate.path))
+            found[level] = dataclasses.replace(candidate, untrusted=reason)
+    return dataclasses.replace(store, files={**store.files, relpath: found})
+
+
 def run_compare(store: Store, relpath: str, target: Target, detection: Mapping[str, str],
                 args: Sequence[str], stdin: str | None, settings: Settings,
                 check_output: bool = True) -> tuple[Report, int]:
     """``hwcaps-fs compare``: plan, measure, judge; the report and the exit status (1 when a
     build does not behave like the baseline or cannot be run)."""
+    if target.require_trusted:
+        store = _links_out_vouched(store, relpath)
     plan_ = plan(relpath, store, target)
     if not plan_.contenders:
+        why = "; ".join(f"{show(path)}: {reason}" for _, path, reason in plan_.left_out)
         raise PathError(f"{show(relpath)}: no build in {show(store.root)} runs on this CPU "
-                        "(hwcaps-fs which says why)")
+                        f"({why or 'hwcaps-fs which says why'})")
     argv = [posixpath.basename(relpath), *args]
     stdin_fd, stdin_text = open_stdin(stdin)
     progress = TerminalProgress(sys.stderr, settings)

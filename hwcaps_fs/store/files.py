@@ -75,6 +75,54 @@ def dir_access(path: str, dir_fd: int | None = None) -> DirAccess:
     return DirAccess(st.st_uid, st.st_gid, st.st_mode, acl_bits(access_acl(where)))
 
 
+def untrusted_path(path: str) -> str | None:
+    """What a non-root user could replace on the way to the absolute ``path``, a place no
+    store holds, said as a reason (None when nothing): the rule of
+    :meth:`FileReader.untrusted`, followed from ``/`` as the kernel follows it. Every directory
+    looked up in must be root's and not writable by others (sticky ones count as safe), every
+    symlink followed root's, and what the path ends at too. It vouches for what a view points
+    root to outside its store (``-o loader_links``) and for a baseline link out of ROOT that
+    ``compare`` runs."""
+    pending = path.split("/")
+    here = "/"
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            here = posixpath.dirname(here)
+            continue
+        above = dir_access(here)
+        if writable_by_others(above.uid, above.mode):
+            return f"directory {show(here)} is writable by a non-root user"
+        step = posixpath.join(here, part)
+        try:
+            st = os.lstat(step)
+            if not stat.S_ISLNK(st.st_mode):
+                here = step
+                continue
+            if st.st_uid != 0:
+                return f"symlink {show(step)} is owned by uid {st.st_uid}, not root"
+            links += 1
+            if links > MAX_SYMLINKS:
+                return f"more than {MAX_SYMLINKS} symlinks (a loop?)"
+            target = os.readlink(step)
+        except OSError as exc:
+            return f"{show(step)}: {exc.strerror}"
+        here = "/" if target.startswith("/") else here
+        pending = target.split("/") + pending
+    try:
+        end = os.lstat(here)
+    except OSError as exc:
+        return f"{show(here)}: {exc.strerror}"
+    if end.st_uid != 0:
+        return f"{show(here)} is owned by uid {end.st_uid}, not root"
+    if writable_by_others(end.st_uid, end.st_mode):
+        return f"{show(here)} is writable by group or others"
+    return None
+
+
 def access_acl(file: int | str) -> bytes | None:
     """The raw access ACL of ``file`` (an fd, or a path whose last symlink is not followed),
     None when it has none or it cannot be read."""

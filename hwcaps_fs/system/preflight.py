@@ -13,16 +13,15 @@ import errno
 import fcntl
 import logging
 import os
-import posixpath
 import stat
 from dataclasses import dataclass
 
-from hwcaps_fs.core.access import writable_by_others
 from hwcaps_fs.core.model import Layout
 from hwcaps_fs.core.mount_options import MountOptions
 from hwcaps_fs.core.view import Presentation
 from hwcaps_fs.detect.cpu import DetectOptions
 from hwcaps_fs.errors import MountError, PathError
+from hwcaps_fs.store.files import untrusted_path
 from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
 from hwcaps_fs.system.mountinfo import mounts_at
 from hwcaps_fs.system.namespaces import detach, make_directory
@@ -106,26 +105,14 @@ def _directory(path: str, role: str) -> os.stat_result:
 
 def _check_loader_links(directory: str, serves_root: bool) -> None:
     """``loader_links=DIR`` must be a directory and, when root may run what the view serves,
-    one that only root can change, like every directory on the way to it: the view's links
-    send every exec of a loader-linked name there."""
+    one that only root can change, like the way to it (every directory and symlink on it,
+    :func:`~hwcaps_fs.store.files.untrusted_path`): the view's links send every exec of a
+    loader-linked name there."""
     _directory(directory, "loader_links")
-    if not serves_root:
-        return
-    reached = posixpath.normpath(directory)
-    prefixes = [reached]
-    while reached != "/":
-        reached = posixpath.dirname(reached)
-        prefixes.append(reached)
-    checked: set[str] = set()
-    for prefix in prefixes:
-        here = os.path.realpath(prefix)
-        while here not in checked:
-            checked.add(here)
-            st = os.stat(here)
-            if writable_by_others(st.st_uid, st.st_mode):
-                raise PathError(f"loader_links {directory}: {here} can be changed by a "
-                                "non-root user, and root would run what they put there")
-            here = posixpath.dirname(here)
+    reason = untrusted_path(directory) if serves_root else None
+    if reason is not None:
+        raise PathError(f"loader_links {directory}: {reason}, and root would run what they "
+                        "put there")
 
 
 def _clear_stale_mount(mountpoint: str) -> None:
