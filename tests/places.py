@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.users import AS_NOBODY
+
 
 def public_temporary_directory(prefix: str) -> Path:
     """A new directory every user can traverse (pytest's own are 0700), on a file system
@@ -64,8 +66,8 @@ def python_for_others() -> Iterator[OthersPython]:
     public directory, of hwcaps_fs and of the installed distributions it requires."""
     checkout = Path(__file__).resolve().parents[1]
     here = OthersPython([sys.executable], {**os.environ, "PYTHONPATH": str(checkout)})
-    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                            *here.argv, "-c", "import hwcaps_fs.commands.cli, pyfuse3, trio"],
+    probe = subprocess.run([*AS_NOBODY, *here.argv, "-c",
+                            "import hwcaps_fs.commands.cli, pyfuse3, trio"],
                            env=here.env, cwd="/", capture_output=True, check=False)
     if probe.returncode == 0:
         yield here

@@ -27,9 +27,9 @@ from hwcaps_fs.system.mountinfo import parse_mountinfo
 from tests.builders import compile_level, install
 from tests.mounting import DEADLINE, ENVIRONMENT
 from tests.places import OthersPython, public_temporary_directory
+from tests.users import AS_NOBODY
 
 VARIANTS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 #: Makes /dev/fuse unusable in a private mount namespace, then runs "$@".
 WITHOUT_FUSE = 'mount --bind /dev/null /dev/fuse && exec "$@"'
@@ -129,7 +129,7 @@ def skip_without(*programs: str) -> None:
 def skip_without_userns() -> None:
     """Skip unless nobody may create a user namespace, with the kernel's reason."""
     skip_without("setpriv", "unshare")
-    probe = subprocess.run([*NOBODY, "unshare", "--user", "--mount", "true"],
+    probe = subprocess.run([*AS_NOBODY, "unshare", "--user", "--mount", "true"],
                            capture_output=True, text=True, check=False)
     if probe.returncode:
         limit = Path("/proc/sys/user/max_user_namespaces")
@@ -243,6 +243,18 @@ def test_without_fuse_in_place_links_through_a_private_bind(area: Path, store: P
     assert_nothing_left(area)
 
 
+def test_as_nobody_is_unprivileged_from_the_lookup_on(area: Path) -> None:
+    """What the tests below run as nobody is looked up as nobody: a program in a directory
+    only root may search is not run (setpriv --reuid ran it, looking it up as root)."""
+    skip_without("runuser")
+    private = area / "private"
+    private.mkdir(mode=0o700)
+    shutil.copy("/bin/true", private / "true")
+    result = execute([*AS_NOBODY, str(private / "true")])
+    assert result.returncode != 0 and "Permission denied" in result.stderr, result
+    assert execute([*AS_NOBODY, "id", "-u"]).stdout.strip() == "65534"
+
+
 @mount
 def test_as_nobody_with_fuse_in_a_user_namespace(area: Path, store: Path, level: str,
                                                  others_python: OthersPython) -> None:
@@ -251,7 +263,7 @@ def test_as_nobody_with_fuse_in_a_user_namespace(area: Path, store: Path, level:
     view.mkdir()
     dev.mkdir()
     result = execute(["unshare", "--mount", "sh", "-c", FUSE_NODE_OF_MODE, "sh", str(dev), "666",
-                      *NOBODY, *hwcaps_fs_run(store, view, "sh", "-c",
+                      *AS_NOBODY, *hwcaps_fs_run(store, view, "sh", "-c",
                                               f'id -u; "{view}/bin/prog"; '
                                               f'findmnt -n -o FSTYPE "{view}"',
                                               python=others_python)], others_python.env)
@@ -268,7 +280,7 @@ def test_as_nobody_without_fuse_in_a_user_namespace(area: Path, store: Path, lev
     view.mkdir()
     dev.mkdir()
     result = execute(["unshare", "--mount", "sh", "-c", FUSE_NODE_OF_MODE, "sh", str(dev), "600",
-                      *NOBODY, *hwcaps_fs_run(store, view, "sh", "-c",
+                      *AS_NOBODY, *hwcaps_fs_run(store, view, "sh", "-c",
                                               f'"{view}/bin/prog"; findmnt -n -o FSTYPE "{view}"',
                                               python=others_python)], others_python.env)
     assert result.returncode == 0, result.stderr

@@ -20,6 +20,12 @@ from pathlib import Path
 #: Upper bound for one command run as the user.
 TIMEOUT = 15.0
 
+#: Runs the rest of a command line as ``nobody``, as that user would: runuser drops every
+#: privilege before it looks the program up. (``setpriv --reuid`` does the lookup of the
+#: program it execs with root's capabilities still in effect, so it runs a program in a
+#: directory only root may search: nothing it runs proves what a user may do.)
+AS_NOBODY = ("runuser", "-u", "nobody", "--")
+
 
 @dataclass(frozen=True)
 class User:
