@@ -8,6 +8,7 @@ achieve through a view served to root. Each attack is run by a real non-root use
 * POSIX ACLs (the view never grants what an ACL on the real path denies);
 * ``-o loader_links=DIR`` (the view's links lead root into DIR: DIR, the way to it and the
   symlinks on it must be root's alone, or the mount is refused);
+* ``-o levels_view`` (every level's view keeps the view's rules);
 * ``compare`` run as root (it runs no build a user could change, a link out of ROOT included);
 * names with control characters (quoted wherever a name is printed).
 """
@@ -187,6 +188,39 @@ def test_loader_links_never_lead_root_where_a_user_can_write(
     assert_one_line_error(result, 3)
     assert f"loader_links {directory}: " in result.stderr
     assert list(public.rglob("*.ran")) == []
+
+
+# -- every level's view: -o levels_view ----------------------------------------------------
+
+
+def test_the_levels_view_keeps_every_rule_of_the_view(
+        binaries: Path, public: Path, attacker: User, level: str) -> None:
+    """``.hwcaps/<level>/`` shows the store's candidates again, each capped at a level: the
+    trust rule, the directories' permissions and ACLs hold there as in the view itself."""
+    level = active_level(level)
+    if shutil.which("setfacl") is None:
+        pytest.skip("setfacl (acl) is not installed")
+    store = variant_store(binaries, public / "store", "bin/foo", levels=())
+    for name in ("acl", "hid"):
+        install(compile_level(binaries, "baseline"), store / "bin" / name)
+    variant = store / "glibc-hwcaps" / level / "bin"
+    install(compile_level(binaries, level), variant / "hid")
+    attacker.owns(install(compile_level(binaries, level), variant / "foo"))
+    (store / "glibc-hwcaps" / level).chmod(0o700)
+    subprocess.run(["setfacl", "-m", f"u:{attacker.name}:---", str(store / "bin/acl")],
+                   check=True)
+
+    mnt = public / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt, "-o", "levels_view") as mount:
+        shown = mnt / ".hwcaps" / level / "bin"
+        assert output(shown / "foo").stdout.strip() == "baseline"  # the user's build: refused
+        assert output(shown / "hid").stdout.strip() == level
+        assert attacker.run(shown / "hid").returncode != 0  # below a 0700 directory
+        for each in ("baseline", level):
+            assert attacker.run(mnt / ".hwcaps" / each / "bin/acl").returncode != 0
+        assert attacker.run(mnt / ".hwcaps/baseline/bin/hid").stdout.strip() == "baseline"
+        assert f"glibc-hwcaps/{level}/bin/foo: skipped" in mount.log_text()
 
 
 # -- compare, run as root ------------------------------------------------------------------
