@@ -180,6 +180,7 @@ def test_cold_caches_mmap_and_scripts(binaries: Path, store: Path, tmp_path: Pat
                     assert hashlib.sha256(mapped).hexdigest() == digest
 
 
+@pytest.mark.usefixtures("on_fast_path")
 def test_fallback_when_loaded_after_pyfuse3(store: Path, tmp_path: Path, level: str) -> None:
     """A daemon in which pyfuse3 was imported first cannot take the fast path: it serves as
     before, one request per exec, and says so once."""
