@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from hwcaps_fs.core.levels import PPC64LE, X86_64
 from hwcaps_fs.detect.cpu import Detection, DetectOptions, detect
-from hwcaps_fs.detect.overrides import cmdline_level, parse_level_name
+from hwcaps_fs.detect.overrides import cmdline_level, config_level, parse_level_name
 from hwcaps_fs.errors import UsageError
 
 HASWELL = str(Path(__file__).parent / "fixtures" / "cpuinfo" / "haswell-xeon-e5-2680v3")
@@ -125,4 +126,38 @@ def test_malformed_config_is_a_usage_error(tmp_path: Path, toml: str) -> None:
 
 
 def test_config_without_level_is_not_set(tmp_path: Path) -> None:
-    assert run(tmp_path, "", "[mount]\nallow_other = true\n").level == "x86-64-v3"
+    assert run(tmp_path, "", "# level = \"x86-64-v2\"\n").level == "x86-64-v3"
+
+
+@pytest.mark.parametrize("toml", ['levle = "x86-64-v2"\n', "[mount]\nallow_other = true\n"])
+def test_unknown_config_key_is_an_error_naming_it(tmp_path: Path, toml: str) -> None:
+    key = toml.split()[0].strip("[]")
+    with pytest.raises(UsageError, match=rf"hwcaps-fs\.toml: unknown key '{key}'"):
+        run(tmp_path, "", toml)
+
+
+def test_config_must_be_a_small_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.toml"
+    big.write_text("# padding\n" * 10_000)
+    for path, why in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"),
+                      (str(tmp_path), "not a regular file"),
+                      (f"{big}/x.toml", "cannot read"), (str(big), "larger than 64 KiB")):
+        with pytest.raises(UsageError, match=rf"^{path}: {why}"):
+            config_level(path)
+
+
+@pytest.mark.parametrize("cmdline", ["hwcaps_fs=off hwcaps_fs.level=x86-64-v3",
+                                     "hwcaps_fs.level=x86-64-v3 hwcaps_fs=off"])
+def test_kernel_off_wins_over_a_kernel_level(tmp_path: Path, cmdline: str) -> None:
+    assert run(tmp_path, cmdline).level == "baseline"
+    assert run(tmp_path, cmdline, force_level="x86-64-v2").level == "x86-64-v2"
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t\n"])
+def test_blank_environment_level_is_unset(tmp_path: Path, blank: str) -> None:
+    found = run(tmp_path, environ={"HWCAPS_FS_LEVEL": blank})
+    assert found.level == "x86-64-v3"
+    assert any(step.source == "HWCAPS_FS_LEVEL" and step.outcome == "not set"
+               for step in found.steps)

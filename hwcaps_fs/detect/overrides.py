@@ -14,6 +14,8 @@ is simply "not set".
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,8 +32,10 @@ ENV_VARIABLE = "HWCAPS_FS_LEVEL"
 CMDLINE_LEVEL = "hwcaps_fs.level"
 CMDLINE_SWITCH = "hwcaps_fs"
 CMDLINE_OFF = "off"
-#: The key of the configuration file.
+#: The key of the configuration file (the only one: any other is an error naming it).
 CONFIG_KEY = "level"
+#: The largest configuration file read (a level name needs a few bytes).
+CONFIG_MAX_BYTES = 64 * 1024
 
 
 def parse_level_name(arch: Architecture, name: str, source: str = "level") -> str:
@@ -58,18 +62,19 @@ class Override:
 
 def cmdline_level(cmdline: str) -> tuple[str | None, str]:
     """The raw level the kernel command line asks for (``"baseline"`` for ``hwcaps_fs=off``)
-    and a line saying what was found. The last occurrence wins, as for kernel parameters;
-    words after ``--`` belong to init, not to the kernel."""
+    and a line saying what was found. ``hwcaps_fs=off`` wins wherever it is (it is what turns
+    the units off too); otherwise the last ``hwcaps_fs.level`` wins, as for kernel
+    parameters. Words after ``--`` belong to init, not to the kernel."""
     requested: str | None = None
     found = "not set"
     for word in cmdline.split():
         if word == "--":
             break
         key, _, value = word.partition("=")
+        if key == CMDLINE_SWITCH and value == CMDLINE_OFF:
+            return "baseline", word
         if key == CMDLINE_LEVEL:
             requested, found = value, word
-        elif key == CMDLINE_SWITCH and value == CMDLINE_OFF:
-            requested, found = "baseline", word
     return requested, found
 
 
@@ -77,24 +82,48 @@ def config_level(path: str) -> tuple[str | None, str]:
     """The raw ``level`` of the TOML file at ``path`` (None if the file or the key is absent)
     and a line saying what was found.
 
-    Raises :class:`UsageError` naming the file for unreadable or malformed TOML and for a
-    ``level`` that is not a string.
+    Raises :class:`UsageError` naming the file for one that is not a regular file, larger than
+    :data:`CONFIG_MAX_BYTES`, unreadable or malformed, for a key other than ``level`` and
+    for a ``level`` that is not a string.
     """
     try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
+        text = _read_config(path)
     except FileNotFoundError:
         return None, "no such file"
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: malformed TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc}") from None
+    unknown = sorted(data.keys() - {CONFIG_KEY})
+    if unknown:
+        raise UsageError(f"{path}: unknown key {unknown[0]!r} (the only key is {CONFIG_KEY!r})")
     value = data.get(CONFIG_KEY)
     if value is None:
         return None, f"no {CONFIG_KEY} set"
     if not isinstance(value, str):
         raise UsageError(f'{path}: {CONFIG_KEY} must be a string such as "x86-64-v3"')
     return value, f"{CONFIG_KEY} = {value!r}"
+
+
+def _read_config(path: str) -> str:
+    """The text of the configuration file: a regular file (opened without blocking, so a FIFO
+    cannot hang the boot), at most :data:`CONFIG_MAX_BYTES`, UTF-8."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{path}: not a regular file")
+        data = os.read(fd, CONFIG_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > CONFIG_MAX_BYTES:
+        raise UsageError(f"{path}: larger than {CONFIG_MAX_BYTES // 1024} KiB: not a "
+                         "configuration file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
 
 
 def read_overrides(
@@ -110,7 +139,7 @@ def read_overrides(
     user wrote wrong."""
     overrides = [_named(source, value, "given" if value else "not given", arch)
                  for source, value in zip(COMMAND_LINE_SOURCES, command_line, strict=True)]
-    env_value = environ.get(ENV_VARIABLE) or None
+    env_value = environ.get(ENV_VARIABLE, "").strip() or None  # blank is unset, as ""
     overrides.append(_named(ENV_VARIABLE, env_value, "set" if env_value else "not set", arch))
     try:
         with open(kernel_cmdline, encoding="utf-8", errors="replace") as file:
