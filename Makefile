@@ -123,6 +123,9 @@ soak: deps
 # (pyfuse3 is compiled); the target system needs python3 (same version), libfuse3-3 and fuse3
 # (fusermount3, for auto_unmount). With DESTDIR, the venv is built in $(DESTDIR)$(INSTALL_VENV)
 # and its scripts are rewritten to name $(INSTALL_VENV).
+# The interpreter is a copy (--copies), not a symlink to /usr/bin/python3: over /usr/bin, a
+# daemon killed with its fusermount3 leaves /usr/bin dead, and hwcaps-fs must still start to
+# clear it (docs/boot.md, "When the daemon is killed").
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 INSTALL_VENV ?= $(PREFIX)/lib/hwcaps-fs
@@ -143,7 +146,7 @@ COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 install: install-python install-helpers install-units install-docs
 
 install-python: apt
-	$(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
+	$(PYTHON) -m venv --copies $(DESTDIR)$(INSTALL_VENV)
 	rm -rf build  # setuptools' staging copy: a module deleted since would be packaged again
 	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q $(PIP_INSTALL_FLAGS) '.[archspec]'
 	@if [ -n "$(DESTDIR)" ]; then \

@@ -103,13 +103,20 @@ def rss_mb(pid: int) -> float:
 
 
 class Bench:
-    def __init__(self, work: Path, rounds: int, spawns: int, repeats: int = 20) -> None:
+    def __init__(self, work: Path, rounds: int, spawns: int, repeats: int = 20,
+                 quick: bool = False) -> None:
         self.work = work
         self.rounds = rounds
         self.spawns = spawns
         self.repeats = repeats  # of the slower measures (listings, execs after idle)
+        self.quick = quick
         self.lines: list[str] = []
         self.execbench = gcc(work / "execbench", HERE / "execbench.c")
+
+    def sizes(self, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        """Store sizes and counts as given, or a twentieth of them for ``--quick`` (a check
+        that the bench runs, not a measurement)."""
+        return tuple(max(10, n // 20) for n in sizes) if self.quick else sizes
 
     def emit(self, line: str = "") -> None:
         print(line, flush=True)
@@ -376,21 +383,107 @@ def bench_first_exec_and_read(b: Bench, programs: dict[str, Path]) -> None:
     b.table(["measure", "value", "× direct"], rows)
 
 
+#: Store sizes of the scale bench, and the size its updates are measured at.
+SCALE_NAMES = (100, 1000, 5000, 10000, 100000)
+UPDATE_NAMES = 15000
+
+
+def daemon_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def import_seconds(runs: int = 5) -> float:
+    """Median wall time of a Python that imports what ``hwcaps-fs mount`` runs (the daemon
+    starts on the boot path)."""
+    code = "import hwcaps_fs.commands.cli, hwcaps_fs.commands.mount, hwcaps_fs.fuse.serve"
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        run(sys.executable, "-c", code)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
 def bench_scale(b: Bench, programs: dict[str, Path]) -> None:
-    """Mount-ready time and daemon RSS for stores of 100, 1,000, 5,000 and 10,000 names."""
+    """Mount-ready time, daemon RSS and descriptors by store size, and the import time."""
     rows = []
-    for names in (100, 1000, 5000, 10000):
+    for names in b.sizes(SCALE_NAMES):
         store = b.work / f"store-{names}"
         make_store(store, programs, extra_names=names - len(programs))
         mnt = b.work / f"m-{names}"
         with mounted(store, mnt) as ready:
-            pids = daemon_pids(mnt)
-            rss = rss_mb(pids[0]) if pids else float("nan")
-        rows.append([f"{names:,}", f"{ready:.2f}", f"{rss:.1f}"])
+            [pid] = daemon_pids(mnt)
+            rows.append([f"{names:,}", f"{ready:.2f}", f"{rss_mb(pid):.1f}", str(open_fds(pid))])
         shutil.rmtree(store)
-    b.emit("## Mount-ready time and daemon memory")
+    b.emit("## Mount-ready time, daemon memory and descriptors")
     b.emit()
-    b.table(["names", "mount command returns, mount live (s)", "daemon RSS (MB)"], rows)
+    b.table(["names", "mount command returns, mount live (s)", "daemon RSS (MB)",
+             "daemon descriptors"], rows)
+    b.emit(f"Importing what `hwcaps-fs mount` runs takes {import_seconds():.2f} s of that "
+           "(median of 5 fresh interpreters).")
+    b.emit()
+
+
+def bench_updates(b: Bench, programs: dict[str, Path]) -> None:
+    """Daemon CPU per change in a large store, and its memory after many distinct names came
+    and went (what anyone who can write under ROOT can make the daemon do)."""
+    names = b.sizes((UPDATE_NAMES,))[0]
+    store = b.work / "store-updates"
+    make_store(store, programs, extra_names=names - len(programs))
+    unknown = store / "glibc-hwcaps/x86-64-v9/bin/name00000"
+    unknown.parent.mkdir(parents=True)
+    shutil.copy2(programs["dynamic"], unknown)
+    variant = store / "glibc-hwcaps/x86-64-v2/bin/dynamic"
+    churned = store / "bin/churn"
+    churned.mkdir()
+    mnt = b.work / "m-updates"
+    changes = b.sizes((40,))[0]
+
+    def touch(path: Path) -> None:
+        os.utime(path)
+
+    def upgrade(path: Path) -> None:
+        new = path.with_name(f".{path.name}.new")
+        shutil.copy2(path, new)
+        new.rename(path)
+
+    cases = [("touch of a name in bin/", touch, store / "bin/name00000"),
+             ("touch in an unknown level directory", touch, unknown),
+             ("rename-over upgrade of a variant", upgrade, variant)]
+    rows = []
+    with mounted(store, mnt):
+        [pid] = daemon_pids(mnt)
+        for what, change, path in cases:
+            time.sleep(1)
+            before = daemon_cpu_seconds(pid)
+            for _ in range(changes):
+                change(path)
+                time.sleep(0.7)  # each change its own update (they are coalesced for 0.5 s)
+            per_change = (daemon_cpu_seconds(pid) - before) / changes
+            rows.append([what, f"{per_change * 1000:.1f}"])
+        rss_before = rss_mb(pid)
+        distinct = b.sizes((20000,))[0]
+        for batch in range(0, distinct, 500):
+            for i in range(batch, batch + 500):
+                (churned / f"gone{i:06d}").write_text("#!/bin/sh\n")
+            time.sleep(0.7)
+            for i in range(batch, batch + 500):
+                (churned / f"gone{i:06d}").unlink()
+            time.sleep(0.7)
+        rss_after = rss_mb(pid)
+    shutil.rmtree(store)
+    b.emit(f"## Updates in a store of {names:,} names")
+    b.emit()
+    b.table(["change (each applied alone)", "daemon CPU per change (ms)"], rows)
+    b.emit(f"Daemon RSS {rss_before:.1f} MB before and {rss_after:.1f} MB after {distinct:,} "
+           "distinct names were added and removed, 500 at a time.")
+    b.emit()
 
 
 def bench_alternatives(b: Bench, programs: dict[str, Path]) -> None:
@@ -463,6 +556,7 @@ BENCHES: dict[str, Callable[[Bench, dict[str, Path]], None]] = {
     "listing": bench_listing,
     "read": bench_first_exec_and_read,
     "scale": bench_scale,
+    "updates": bench_updates,
     "alternatives": bench_alternatives,
     "gain": bench_gain,
 }
@@ -584,7 +678,8 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(BENCHES), action="append")
     parser.add_argument("--quick", action="store_true",
                         help="a short run that checks the benchmarks work (2 rounds of 30 "
-                        "spawns, 3 repeats): its figures are not for quoting")
+                        "spawns, 3 repeats, stores a twentieth of their size): its figures are "
+                        "not for quoting")
     parser.add_argument("--readme", type=Path, help="also replace the summary quoted in this "
                         f"file between {README_START!r} and {README_END!r}")
     parser.add_argument("--summarize", action="store_true", help="measure nothing: quote the "
@@ -598,7 +693,7 @@ def main() -> int:
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
-    b = (Bench(args.work, rounds=2, spawns=30, repeats=3) if args.quick
+    b = (Bench(args.work, rounds=2, spawns=30, repeats=3, quick=True) if args.quick
          else Bench(args.work, args.rounds, args.spawns))
     load = os.getloadavg()
     b.emit("# hwcaps-fs benchmark results")

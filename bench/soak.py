@@ -2,11 +2,22 @@
 
     make soak   (= .venv/bin/python -m bench.soak --seconds $(SOAK_SECONDS) --out ...)
 
-What a package manager does to a live store, at a steady rate for as long as asked: variants
-replaced by a rename over the old file (a new *generation* of the program), names added and
-removed one file at a time, and the variant a name is served at removed and put back (so its
-served level goes down, then up). Meanwhile several workers exec random names through the
-mount and check every run against a model of the store kept by the churn thread:
+What package managers do to a live store, for as long as asked, in rounds of four phases:
+
+* *steady*: one operation at a time at ``--rate`` per second: variants replaced by a rename
+  over the old file (a new *generation* of the program), names added and removed one file at a
+  time, and the variant a name is served at removed and put back (its served level goes down,
+  then up);
+* *dpkg burst*: a package upgrade as dpkg writes it: every new file of ``--burst`` names
+  unpacked as ``NAME.dpkg-new`` next to the old one (which gets a ``NAME.dpkg-tmp`` hard link
+  as its backup), then all of them renamed over, then the backups removed;
+* *storm*: rename-over upgrades as fast as ``--storm-rate`` per second for ``--storm-seconds``,
+  each written as rpm does (``NAME;XXXXXXXX``, then renamed);
+* *package removal*: every variant of one level of ``--burst`` names removed at once (a
+  variant package uninstalled: those names drop to the next level down), then installed again.
+
+Meanwhile several workers exec random names through the mount and check every run against a
+model of the store kept by the churn thread:
 
 * every program prints ``<name> <level> <generation>``; a generation is a byte patch of one
   of four gcc builds (baseline, x86-64-v2/v3/v4, each -mneeded), so churn costs no compiles;
@@ -44,7 +55,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,44 +195,58 @@ class Store:
                     return built, generation
         return None
 
-    def write(self, name: str, level: str, build: str | None = None) -> None:
+    def write(self, name: str, level: str, build: str | None = None,
+              suffix: str = ".soak-new") -> None:
         """Install a new generation of ``name`` at directory ``level`` as package managers
         do: a temporary file in the same directory, renamed over the old one."""
+        self.rename_in(*self.unpack(name, level, build, suffix))
+
+    def unpack(self, name: str, level: str, build: str | None = None,
+               suffix: str = ".soak-new") -> tuple[Path, str, str, tuple[str, int]]:
+        """Write a new generation of ``name`` at directory ``level`` under a temporary name
+        (``name + suffix``, next to it); :meth:`rename_in` puts it in place."""
         built = build or level
         self.generations += 1
         target = self.path(name, level)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{name}.soak-new")
+        temporary = target.with_name(f"{name}{suffix}")
         temporary.write_bytes(self.builds[built].stamped(name, self.generations))
         temporary.chmod(0o755)
-        before = time.monotonic()
-        temporary.rename(target)
-        self._changed(name, level, (built, self.generations), before)
+        return temporary, name, level, (built, self.generations)
+
+    def rename_in(self, temporary: Path, name: str, level: str,
+                  entry: tuple[str, int]) -> None:
+        with self.lock:
+            before = time.monotonic()
+            temporary.rename(self.path(name, level))
+            self._changed(name, level, entry, before)
 
     def remove(self, name: str, level: str) -> None:
-        before = time.monotonic()
-        self.path(name, level).unlink()
-        self._changed(name, level, None, before)
+        with self.lock:
+            before = time.monotonic()
+            self.path(name, level).unlink()
+            self._changed(name, level, None, before)
 
     def _changed(self, name: str, level: str, entry: tuple[str, int] | None,
                  before: float) -> None:
         """Record that directory ``level`` now holds ``entry`` (None: nothing) for ``name``,
-        a change that began at ``before`` and ends now."""
+        a change that began at ``before`` and ends now. Called with ``lock`` held since
+        before the change, so that no exec that already saw it is judged before it is
+        recorded."""
         after = time.monotonic()
         self.file_changes += 1
-        with self.lock:
-            files = self.files.setdefault(name, {})
-            if entry is None:
-                del files[level]
-            else:
-                files[level] = entry
-            if not files:
-                del self.files[name]
-            state = self.expected(name)
-            spans = self.history.setdefault(name, [Span(-math.inf, None)])
-            if spans[-1].state != state:
-                spans[-1].end = after
-                spans.append(Span(before, state))
+        files = self.files.setdefault(name, {})
+        if entry is None:
+            del files[level]
+        else:
+            files[level] = entry
+        if not files:
+            del self.files[name]
+        state = self.expected(name)
+        spans = self.history.setdefault(name, [Span(-math.inf, None)])
+        if spans[-1].state != state:
+            spans[-1].end = after
+            spans.append(Span(before, state))
 
 
 # -- judging an exec ---------------------------------------------------------------------------
@@ -353,12 +378,71 @@ class Churn:
                     self.store.remove(name, level)
         self.operations[kind] += 1
 
-    def run(self, rate: float, stop: threading.Event) -> None:
-        due = time.monotonic()
+    def run(self, settings: Settings, stop: threading.Event) -> None:
+        """Rounds of the four phases (see the module doc) until ``stop``."""
         while not stop.is_set():
-            self.step()
+            self.steady(settings.rate, settings.steady_seconds, stop)
+            if not stop.is_set():
+                self.dpkg_burst(settings.burst)
+            self.steady(settings.rate, settings.steady_seconds, stop)
+            self.storm(settings.storm_rate, settings.storm_seconds, stop)
+            if not stop.is_set():
+                self.package_removal(settings.burst, settings.steady_seconds, stop)
+
+    def steady(self, rate: float, seconds: float, stop: threading.Event) -> None:
+        self.paced(self.step, rate, seconds, stop)
+
+    @staticmethod
+    def paced(operation: Callable[[], None], rate: float, seconds: float,
+              stop: threading.Event) -> None:
+        """``operation`` ``rate`` times per second for ``seconds`` (or until ``stop``)."""
+        began = due = time.monotonic()
+        while not stop.is_set() and due - began < seconds:
+            operation()
             due += 1 / rate
             stop.wait(max(0.0, due - time.monotonic()))
+
+    def dpkg_burst(self, count: int) -> None:
+        """Upgrade ``count`` names the way dpkg unpacks a package: backups as hard links,
+        every new file as ``.dpkg-new``, then all renamed over, then the backups removed."""
+        names = self.random.sample(self.churnable(), min(count, len(self.churnable())))
+        unpacked = []
+        for name in names:
+            for level in list(self.store.files.get(name, {})):
+                target = self.store.path(name, level)
+                backup = target.with_name(f"{name}.dpkg-tmp")
+                backup.unlink(missing_ok=True)
+                os.link(target, backup)
+                unpacked.append((backup, self.store.unpack(name, level, suffix=".dpkg-new")))
+        for _, (temporary, name, level, entry) in unpacked:
+            self.store.rename_in(temporary, name, level, entry)
+        for backup, _ in unpacked:
+            backup.unlink()
+        self.operations["dpkg burst (names)"] += len(names)
+
+    def storm(self, rate: float, seconds: float, stop: threading.Event) -> None:
+        """Rename-over upgrades at ``rate`` per second, each through an rpm-style
+        temporary name (``NAME;XXXXXXXX``)."""
+        def upgrade() -> None:
+            name = self.random.choice(self.churnable())
+            level = self.random.choice(list(self.store.files[name]))
+            self.store.write(name, level, suffix=f";{self.random.getrandbits(32):08x}")
+            self.operations["storm upgrade"] += 1
+        self.paced(upgrade, rate, seconds, stop)
+
+    def package_removal(self, count: int, seconds: float, stop: threading.Event) -> None:
+        """Uninstall the variants of one level for ``count`` names at once (a variant
+        package), wait ``seconds``, install them again."""
+        level = self.random.choice([level for level in MARCH if level != "baseline"])
+        names = [name for name in self.churnable() if level in self.store.files[name]]
+        removed = self.random.sample(names, min(count, len(names)))
+        for name in removed:
+            self.store.remove(name, level)
+        self.operations["package removal (names)"] += len(removed)
+        stop.wait(seconds)
+        for name in removed:
+            if name in self.store.files:
+                self.store.write(name, level)
 
 
 # -- the daemon --------------------------------------------------------------------------------
@@ -418,6 +502,10 @@ class Settings:
     rss_every: float
     rss_limit: float
     seed: int
+    burst: int = 20
+    steady_seconds: float = 2.0
+    storm_rate: float = 100.0
+    storm_seconds: float = 2.0
 
 
 @dataclass
@@ -479,7 +567,7 @@ def soak(settings: Settings, work: Path) -> Outcome:
                                           stop, settings.seed + i))
                    for i in range(settings.workers)]
         threads.append(threading.Thread(target=churn.run, name="churn", daemon=True,
-                                        args=(settings.rate, stop)))
+                                        args=(settings, stop)))
         threads.append(threading.Thread(target=sample_daemon, name="rss", daemon=True,
                                         args=(daemon.pid, settings.rss_every,
                                               outcome.samples, stop)))
@@ -529,9 +617,14 @@ def report(outcome: Outcome) -> list[str]:
         "",
         f"{s.workers} workers exec random names through the mount while one thread churns the "
         f"store (about {s.names} names, each with a baseline and x86-64-v2/v3/v4 variants, "
-        f"plus `{MISPLACED}` with a v4 build in its v3 directory) at {s.rate:g} "
-        "operations per second: rename-over upgrades, the served variant removed and put "
-        "back, names added and removed one file at a time. Every output is checked against "
+        f"plus `{MISPLACED}` with a v4 build in its v3 directory) in rounds: "
+        f"{s.steady_seconds:g} s at {s.rate:g} operations per second (rename-over upgrades, "
+        "the served variant removed and put back, names added and removed one file at a "
+        f"time), a dpkg burst ({s.burst} names unpacked as `.dpkg-new`, then renamed over), "
+        f"again {s.steady_seconds:g} s steady, a storm of rename-over upgrades at "
+        f"{s.storm_rate:g} per second for {s.storm_seconds:g} s (rpm-style temporary names), "
+        f"and the variants of one level removed for {s.burst} names (a package uninstalled) "
+        f"and installed again {s.steady_seconds:g} s later. Every output is checked against "
         "the store's history (see bench/soak.py).",
         "",
         "## Execs",
@@ -625,6 +718,13 @@ def main() -> int:
     parser.add_argument("--rss-limit", type=float, default=1.0,
                         help="MB per minute the daemon's RSS may grow in the second half")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--burst", type=int, default=20,
+                        help="names in one dpkg burst or one variant package removal")
+    parser.add_argument("--steady-seconds", type=float, default=2.0,
+                        help="seconds of each steady phase (and of a package's absence)")
+    parser.add_argument("--storm-rate", type=float, default=100.0,
+                        help="rename-over upgrades per second in a storm")
+    parser.add_argument("--storm-seconds", type=float, default=2.0)
     parser.add_argument("--tmp", type=Path, default=Path("/var/tmp"),
                         help="where the (removed afterwards) working directory goes")
     parser.add_argument("--out", type=Path, default=HERE / "soak-results.md")
@@ -632,7 +732,8 @@ def main() -> int:
                         f"(docs/testing.md) between {README_START!r} and {README_END!r}")
     args = parser.parse_args()
     settings = Settings(args.seconds, args.workers, args.names, args.rate, args.settle,
-                        args.rss_every, args.rss_limit, args.seed)
+                        args.rss_every, args.rss_limit, args.seed, args.burst,
+                        args.steady_seconds, args.storm_rate, args.storm_seconds)
     signal.signal(signal.SIGTERM, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="hwcaps-fs-soak-", dir=args.tmp))
     try:

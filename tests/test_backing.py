@@ -19,7 +19,7 @@ def test_backing_keeps_the_old_file_after_a_rename_over(store_fd: tuple[Path, in
     path, fd = store_fd
     store = scan_fd(fd, str(path), X86_64, Layout.GLIBC)
     old = store.files["bin/foo"][None]
-    backing = BackingFiles(fd)
+    backing = BackingFiles(fd, 8)
     try:
         assert backing.pread(7, old, 0, 11) == b"#!/bin/sh\ne"
         replacement = path / "bin/.foo.new"

@@ -43,6 +43,9 @@ def test_soak_has_no_failed_wrong_level_or_stale_exec(fuse_ok: None, tmp_path: P
     results = (tmp_path / "results.md").read_text()
     assert "| failed execs (name present throughout) | 0 |" in results
     assert "| wrong-level execs | 0 |" in results
+    assert "| dpkg burst (names) |" in results
+    assert "| storm upgrade |" in results
+    assert "| package removal (names) |" in results
     assert "| execs | 0 " not in results
     assert "PASS" in results
     assert [p.name for p in tmp_path.iterdir()] == ["results.md"]

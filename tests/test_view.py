@@ -17,8 +17,9 @@ from hwcaps_fs.core.view import (
     Presentation,
     View,
     build_view,
-    changed_directories,
     changed_entries,
+    diff,
+    patch_view,
 )
 
 
@@ -159,7 +160,7 @@ def test_directory_changes() -> None:
     store.dirs["bin"] = directory("bin", mtime_ns=99)
     after = build(store, {}, numbers)
     assert lookup(after, "bin") == lookup(before, "bin")
-    assert changed_directories(before, after) == [ROOT_INODE, lookup(after, "bin")]
+    assert diff(before, after).changed == [ROOT_INODE, lookup(after, "bin")]
     assert changed_entries(before, after) == [(ROOT_INODE, b"sbin")]
 
 
@@ -168,3 +169,26 @@ def test_a_file_colliding_with_a_directory_or_without_a_directory_is_left_out() 
     view = build(store_of("bin"), served, InodeNumbers())
     assert view.nodes[lookup(view, "bin") or 0].is_directory
     assert len(view.nodes) == 2
+
+
+def test_a_patch_is_what_a_full_build_gives_and_says_what_changed() -> None:
+    store = store_of("bin")
+    numbers = InodeNumbers()
+    before = {"bin/foo": candidate(None, "bin/foo", ino=1), "bin/bar": candidate(None, "bin/bar"),
+              "bin/gone": candidate(None, "bin/gone", ino=3)}
+    old = build(store, before, numbers)
+    touched = {"bin/foo": candidate("x86-64-v3", "bin/foo", ino=2), "bin/gone": None,
+               "bin/new": candidate(None, "bin/new", ino=4), "bin/bar": before["bin/bar"]}
+    update = patch_view(old, [Resolution(path, found, ()) for path, found in touched.items()],
+                        presentation=Presentation.FILES, link_base="/store", numbers=numbers)
+    after = {**before, **touched}
+    full = build(store, after, numbers)
+    assert update.view.children == full.children
+    assert update.view.listing == full.listing
+    assert update.view.nodes == full.nodes
+    bin_ino = lookup(old, "bin")
+    assert sorted(update.entries) == [(bin_ino, b"foo"), (bin_ino, b"gone"), (bin_ino, b"new")]
+    assert set(update.removed) == {lookup(old, "bin/foo"), lookup(old, "bin/gone")}
+    assert set(update.added) == {lookup(full, "bin/foo"), lookup(full, "bin/new")}
+    assert update.view.nodes[lookup(full, "bin/bar") or 0] is old.nodes[lookup(old, "bin/bar") or 0]
+    assert len(numbers) == 1 + 1 + 3  # ROOT, bin, and the three files served: gone forgotten

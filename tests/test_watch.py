@@ -63,16 +63,16 @@ def test_apply_changes_rescans_what_changed(store_fd: tuple[Path, int]) -> None:
     store = scan_fd(fd, str(path), X86_64, Layout.GLIBC)
     add_variant(path, "x86-64-v2", "bin/foo")
     changed = Changes(frozenset({Change("glibc-hwcaps/x86-64-v2/bin/foo", False)}))
-    apply_changes(store, fd, changed)
+    apply_changes(store, fd, changed, ())
     assert set(store.files["bin/foo"]) == {None, "x86-64-v2"}
 
     add_variant(path, "x86-64-v2", "sbin/tool")
-    apply_changes(store, fd, Changes(frozenset({Change("glibc-hwcaps/x86-64-v2/sbin", True)})))
+    apply_changes(store, fd, Changes(frozenset({Change("glibc-hwcaps/x86-64-v2/sbin", True)})), ())
     assert "sbin" in store.dirs and "bin/foo" in store.files
     assert set(store.files["sbin/tool"]) == {"x86-64-v2"}
 
     (path / "bin/foo").unlink()
-    apply_changes(store, fd, Changes(frozenset(), overflow=True))
+    apply_changes(store, fd, Changes(frozenset(), overflow=True), ())
     assert set(store.files["bin/foo"]) == {"x86-64-v2"}
 
 

@@ -100,7 +100,7 @@ def extended(bits: int) -> bool:
     return bits != PERMISSION_BITS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DirAccess:
     """The owner, group and mode of one directory above a file: what searching it takes.
     ``acl`` is :func:`acl_bits` of its access ACL."""

@@ -53,7 +53,7 @@ def machine_name(e_machine: int) -> str:
     return OTHER_MACHINES.get(e_machine, f"machine {e_machine}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ElfClassLayout:
     """Where the fields hwcaps-fs reads sit in one ELF class.
 
@@ -79,7 +79,7 @@ ELF_CLASSES: dict[int, ElfClassLayout] = {
 E_IDENT_SIZE = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ElfFacts:
     """``elf_class`` is 32 or 64; ``machine`` the ``e_machine`` number; ``isa_needed`` the
     ``GNU_PROPERTY_X86_ISA_1_NEEDED`` bits, or None when the file has no such note."""

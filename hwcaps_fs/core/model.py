@@ -38,7 +38,7 @@ class Layout(enum.Enum):
 GLIBC_HWCAPS_DIR = "glibc-hwcaps"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StatRecord:
     """The stat facts a view shows for a file or directory (those of ``os.stat_result``, without
     the ``st_`` prefix). ``reachable_bits`` are the permission bits left once the directories to
@@ -51,7 +51,7 @@ class StatRecord:
     nlink: int
     ino: int
     dev: int
-    atime_ns: int
+    atime_ns: int = field(compare=False)  # reading a file changes it; nothing else does
     mtime_ns: int
     ctime_ns: int
     reachable_bits: int = PERMISSION_BITS
@@ -69,7 +69,7 @@ class StatRecord:
         return restricted(self.mode, self.reachable_bits)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Candidate(StatRecord):
     """One file that could be served for a relative path.
 
@@ -110,7 +110,7 @@ class Candidate(StatRecord):
         return self.link_target if self.level is None else None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DirInfo(StatRecord):
     """A directory of the merged view: its stat facts come from the baseline directory if there
     is one, else from the first variant directory found."""
@@ -127,7 +127,9 @@ class Store:
     directory of the merged view (``""`` is ROOT itself) to its info. ``warnings`` are
     one-line messages about what was ignored (unknown level directories, unreadable ones...).
     ``root_parents`` are the directories above ROOT (``/`` first): searching them is part of
-    reaching any file of the store, so they count in ``reachable_bits``.
+    reaching any file of the store, so they count in ``reachable_bits``. Without
+    ``read_baselines`` baselines are not opened and have no ``elf`` facts: serving one needs
+    none, and a store is mostly baselines (reading them is most of a scan's cost).
     """
 
     root: str
@@ -137,6 +139,7 @@ class Store:
     dirs: dict[str, DirInfo] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     root_parents: tuple[DirAccess, ...] = ()
+    read_baselines: bool = True
 
     def candidates(self, relpath: str) -> Mapping[str | None, Candidate]:
         return self.files.get(relpath, {})

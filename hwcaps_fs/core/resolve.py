@@ -53,7 +53,7 @@ class Target:
         return dataclasses.replace(self, levels=levels)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Skip:
     """A candidate not served: ``reason`` says why for people, ``why`` names the kind of
     reason for tools (one of :data:`WHY`; ``which --json`` shows it)."""
@@ -63,7 +63,7 @@ class Skip:
     why: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resolution:
     """The outcome for one relative path: ``served`` is None when no candidate is usable."""
 

@@ -22,7 +22,7 @@ import enum
 import os
 import posixpath
 import stat
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hwcaps_fs.core.model import Candidate, DirInfo, Store
@@ -50,7 +50,7 @@ class Presentation(enum.Enum):
     SYMLINKS = "symlinks"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attributes:
     """What ``stat`` shows for an entry (the FUSE reply is built from this once)."""
 
@@ -70,19 +70,27 @@ class Attributes:
         return (self.size + 511) // 512
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     """One inode of the view.
 
     ``served`` is the candidate behind a file or symlink (None for directories);
-    ``link_target`` is set for symlinks; ``xattrs`` are the extended attributes it answers.
+    ``link_target`` is set for symlinks.
     """
 
     attributes: Attributes
     relpath: str
     served: Candidate | None = None
     link_target: bytes | None = None
-    xattrs: Mapping[bytes, bytes] | None = None
+
+    @property
+    def xattrs(self) -> Mapping[bytes, bytes]:
+        """The extended attributes it answers: which candidate it serves (made when asked,
+        not kept: a view holds one node per name of the store)."""
+        if self.served is None:
+            return {}
+        return {XATTR_LEVEL: (self.served.level or BASELINE).encode(),
+                XATTR_SOURCE: os.fsencode(self.served.source)}
 
     @property
     def inode(self) -> int:
@@ -95,12 +103,28 @@ class Node:
 
 @dataclass(frozen=True)
 class View:
-    """The whole view: ``nodes`` by inode, and for each directory inode its ``children``
-    (name → inode) and its ``listing`` (the same, sorted, for readdir)."""
+    """The whole view: ``nodes`` by inode, for each directory inode its ``children``
+    (name → inode) and its ``listing`` (the same, sorted, for readdir), and the inode of each
+    directory by relative path (``directories``)."""
 
     nodes: Mapping[int, Node]
     children: Mapping[int, Mapping[bytes, int]]
     listing: Mapping[int, tuple[tuple[bytes, int], ...]]
+    directories: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Update:
+    """A new view and what changed from the previous one: inodes ``added`` and ``removed``,
+    inodes whose node or listing ``changed`` under the same number (a directory's attributes,
+    its names: the kernel may cache both), and the directory ``entries`` whose lookup answer
+    changed (what the kernel must forget)."""
+
+    view: View
+    added: Sequence[int]
+    removed: Sequence[int]
+    changed: Sequence[int]
+    entries: Sequence[tuple[int, bytes]]
 
 
 class InodeNumbers:
@@ -126,15 +150,21 @@ class InodeNumbers:
         kept = set(keys)
         self._numbers = {key: n for key, n in self._numbers.items() if key in kept}
 
+    def forget(self, key: Hashable) -> None:
+        self._numbers.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
 
 def _directory_key(relpath: str) -> Hashable:
     return ("dir", relpath)
 
 
 def _file_key(relpath: str, candidate: Candidate, as_link: bool) -> Hashable:
-    return ("link" if as_link else "file", relpath, candidate.source, candidate.dev,
-            candidate.ino, candidate.ctime_ns, candidate.mtime_ns, candidate.size,
-            candidate.mode)
+    """A file's version: its view path, everything scanned about the candidate served (its
+    access time aside) and how it is presented."""
+    return relpath, as_link, candidate
 
 
 def is_privileged(candidate: Candidate) -> bool:
@@ -170,17 +200,15 @@ def link_target(candidate: Candidate, presentation: Presentation,
 
 
 def _file_node(ino: int, relpath: str, candidate: Candidate, target: bytes | None) -> Node:
-    xattrs = {XATTR_LEVEL: (candidate.level or BASELINE).encode(),
-              XATTR_SOURCE: os.fsencode(candidate.source)}
     times = {"atime_ns": candidate.atime_ns, "mtime_ns": candidate.mtime_ns,
              "ctime_ns": candidate.ctime_ns}
     if target is None:
         attributes = Attributes(ino=ino, mode=candidate.reachable_mode, nlink=1, uid=candidate.uid,
                                 gid=candidate.gid, size=candidate.size, **times)
-        return Node(attributes, relpath, served=candidate, xattrs=xattrs)
+        return Node(attributes, relpath, served=candidate)
     attributes = Attributes(ino=ino, mode=stat.S_IFLNK | 0o777, nlink=1, uid=candidate.uid,
                             gid=candidate.gid, size=len(target), **times)
-    return Node(attributes, relpath, served=candidate, link_target=target, xattrs=xattrs)
+    return Node(attributes, relpath, served=candidate, link_target=target)
 
 
 def build_view(store: Store, resolutions: Iterable[Resolution], *,
@@ -209,16 +237,14 @@ def build_view(store: Store, resolutions: Iterable[Resolution], *,
             children[parent][os.fsencode(posixpath.basename(relpath))] = ino
 
     for resolution in resolutions:
-        candidate, relpath = resolution.served, resolution.relpath
-        parent = dir_inodes.get(posixpath.dirname(relpath))
-        if candidate is None or parent is None or relpath in dir_inodes:
+        parent = dir_inodes.get(posixpath.dirname(resolution.relpath))
+        if parent is None or resolution.relpath in dir_inodes:
             continue
-        target = link_target(candidate, presentation, link_base)
-        key = _file_key(relpath, candidate, target is not None)
-        keys.append(key)
-        ino = numbers.number(key)
-        nodes[ino] = _file_node(ino, relpath, candidate, target)
-        children[parent][os.fsencode(posixpath.basename(relpath))] = ino
+        node = _served_node(resolution, presentation, link_base, numbers)
+        if node is not None:
+            keys.append(_node_key(node))
+            nodes[node.inode] = node
+            children[parent][_name(node.relpath)] = node.inode
 
     for relpath, ino in dir_inodes.items():
         subdirectories = sum(1 for child in children[ino].values() if child in children)
@@ -226,7 +252,82 @@ def build_view(store: Store, resolutions: Iterable[Resolution], *,
                           relpath)
     numbers.keep_only(keys)
     listing = {ino: tuple(sorted(names.items())) for ino, names in children.items()}
-    return View(nodes=nodes, children=children, listing=listing)
+    return View(nodes=nodes, children=children, listing=listing, directories=dir_inodes)
+
+
+def _name(relpath: str) -> bytes:
+    return os.fsencode(posixpath.basename(relpath))
+
+
+def _node_key(node: Node) -> Hashable:
+    assert node.served is not None
+    return _file_key(node.relpath, node.served, node.link_target is not None)
+
+
+def _served_node(resolution: Resolution, presentation: Presentation, link_base: str | None,
+                 numbers: InodeNumbers) -> Node | None:
+    """The node of a file path, numbered (None when nothing is served there)."""
+    candidate = resolution.served
+    if candidate is None:
+        return None
+    target = link_target(candidate, presentation, link_base)
+    ino = numbers.number(_file_key(resolution.relpath, candidate, target is not None))
+    return _file_node(ino, resolution.relpath, candidate, target)
+
+
+def patch_view(view: View, resolutions: Iterable[Resolution], *,
+               presentation: Presentation, link_base: str | None,
+               numbers: InodeNumbers) -> Update:
+    """``view`` with the file paths of ``resolutions`` (and only those) brought up to date:
+    what an update that touched a few names costs, whatever the size of the store. The
+    directories must be those of ``view`` (a change to directories needs :func:`build_view`).
+    """
+    nodes = dict(view.nodes)
+    children = dict(view.children)
+    copied: dict[int, dict[bytes, int]] = {}
+    added: list[int] = []
+    removed: list[int] = []
+    entries: list[tuple[int, bytes]] = []
+    for resolution in resolutions:
+        parent = view.directories.get(posixpath.dirname(resolution.relpath))
+        if parent is None or resolution.relpath in view.directories:
+            continue
+        name = _name(resolution.relpath)
+        old = children[parent].get(name)
+        node = _served_node(resolution, presentation, link_base, numbers)
+        new = None if node is None else node.inode
+        if new == old:
+            continue
+        names = copied.get(parent)
+        if names is None:
+            names = copied[parent] = dict(children[parent])
+            children[parent] = names
+        if old is not None:
+            numbers.forget(_node_key(nodes.pop(old)))
+            del names[name]
+            removed.append(old)
+        if node is not None:
+            nodes[node.inode] = node
+            names[name] = node.inode
+            added.append(node.inode)
+        entries.append((parent, name))
+    listing = dict(view.listing)
+    listing.update((ino, tuple(sorted(names.items()))) for ino, names in copied.items())
+    return Update(View(nodes, children, listing, view.directories), added, removed,
+                  list(copied), entries)
+
+
+def diff(old: View, new: View) -> Update:
+    """What changed from ``old`` to ``new`` (both whole views: costs the size of the store)."""
+    return Update(
+        new,
+        added=[ino for ino in new.nodes if ino not in old.nodes],
+        removed=[ino for ino in old.nodes if ino not in new.nodes],
+        changed=[ino for ino, node in new.nodes.items()
+                 if ino in old.nodes and (old.nodes[ino] != node
+                                          or old.listing.get(ino) != new.listing.get(ino))],
+        entries=changed_entries(old, new),
+    )
 
 
 def changed_entries(old: View, new: View) -> list[tuple[int, bytes]]:
@@ -239,12 +340,3 @@ def changed_entries(old: View, new: View) -> list[tuple[int, bytes]]:
                        if new_names.get(name) != ino)
         changed.extend((directory, name) for name in new_names.keys() - old_names.keys())
     return changed
-
-
-def changed_directories(old: View, new: View) -> list[int]:
-    """Directory inodes in both views whose attributes (mtime, nlink, mode...) or listing
-    changed: the kernel may cache both."""
-    return [ino for ino, node in new.nodes.items()
-            if node.is_directory and ino in old.nodes
-            and (old.nodes[ino].attributes != node.attributes
-                 or old.listing.get(ino) != new.listing.get(ino))]

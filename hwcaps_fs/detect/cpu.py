@@ -58,6 +58,8 @@ class DetectOptions:
     ``machine`` overrides ``uname -m`` (implied by a cpuinfo fixture of another architecture).
     ``environ`` is the environment of the programs served: ``HWCAPS_FS_LEVEL`` is read from it
     and the loader runs with exactly it (so its ``GLIBC_TUNABLES`` masking applies).
+    ``cross_check`` asks archspec too (the microarchitecture's name and a second opinion); the
+    daemon goes without: it starts on the boot path, and archspec costs more than the rest.
     """
 
     max_level: str | None = None
@@ -70,6 +72,7 @@ class DetectOptions:
     kernel_cmdline: str = "/proc/cmdline"
     config: str = "/etc/hwcaps-fs.toml"
     loader: str | None = None
+    cross_check: bool = True
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def detect(options: DetectOptions) -> Detection:
     else:
         hardware = _Hardware(arch.baseline.name, cpuinfo_path, arch.isa_bits(None), {})
 
-    view = archspec_view(arch, fields) if fields else None
+    view = archspec_view(arch, fields) if fields and options.cross_check else None
     if view is not None:
         # archspec knows nothing of GLIBC_TUNABLES: compare it with the unmasked rules.
         plain = evaluate(arch, fields, auxv, cpuinfo_path) if masked and text else evaluation

@@ -5,9 +5,13 @@ the symlink presentation), so they are written to the floor of stock pyfuse3 (do
 
 * entries and attributes are cached by the kernel for a day (:data:`CACHE_TIMEOUT`); an update
   is a new inode number plus one invalidated directory entry (:meth:`HwcapsOperations.swap`);
-* ``open`` does no I/O and returns a prebuilt FileInfo with ``keep_cache``; the file handle is
-  the inode number itself, since pyfuse3's ``read`` only gets the handle; the backing file was
-  opened before the view started serving it (:mod:`hwcaps_fs.fuse.backing`);
+* ``open`` returns a prebuilt FileInfo with ``keep_cache``; the file handle is the inode
+  number itself, since pyfuse3's ``read`` only gets the handle (and with the kernel's no-open
+  mode ``read`` gets the inode without any ``open``);
+* the backing file is opened when the kernel learns the inode (``lookup``), so that a file
+  renamed over or removed afterwards still serves the bytes the inode stands for; one that is
+  already another file then makes the name rescanned and looked up afresh
+  (:meth:`HwcapsOperations._backed`): an exec sees the old file or the new one, never an error;
 * ``release`` returns at once and ``flush`` declines for good (ENOSYS): both sit on the exec path;
 * the mount is nosuid, so the kernel never asks ``security.capability`` at exec; extended
   attributes are answered from memory (``xattr=off`` declines them all with ENOSYS, which makes
@@ -23,22 +27,25 @@ than FUSEError end its main loop, which would take every mounted name away.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from hwcaps_fs.core.model import Candidate
-from hwcaps_fs.core.view import Attributes, Node, View, changed_directories, changed_entries
+from hwcaps_fs.core.view import Attributes, Node, Update, View
 from hwcaps_fs.fuse import fastpath
 from hwcaps_fs.fuse.backing import BackingFiles, ReplacedError
+
+if TYPE_CHECKING:
+    import outcome  # trio's, for the type of a thread's result
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,14 @@ EXEC_PATH_XATTR = b"user.hwcaps.exec-path"
 
 #: Entry and attribute timeout in seconds: a day, with explicit invalidation on every change.
 CACHE_TIMEOUT = 86400.0
+
+#: How long a lookup or open waits for the backing file it opens: a store on a stalled file
+#: system must not hold up the name's lookup (and with it the listing of its directory).
+OPEN_WAIT = 0.5
+
+#: How many times a lookup rescans a name whose file keeps being replaced under it before it
+#: answers what it has (the next read then reports the error).
+REFRESH_TRIES = 3
 
 _Params = ParamSpec("_Params")
 _Result = TypeVar("_Result")
@@ -121,26 +136,28 @@ class HwcapsOperations(pyfuse3.Operations):
 
     ``swap`` installs a new view. Inodes that left the view but that the kernel may still use
     (its lookup count is not zero) are *retired*, not dropped: a process that looked the name
-    up before the update still gets its attributes and its old file's bytes.
+    up before the update still gets its attributes and its old file's bytes. Replies are
+    built when an inode is first asked about: most names of a large store never are.
     """
 
     supports_dot_lookup = False
 
     def __init__(self, view: View, backing: BackingFiles, root_fd: int, *,
-                 xattrs: bool, symlinks: bool = False,
+                 xattrs: bool, refresh: Callable[[str], Awaitable[None]],
+                 symlinks: bool = False,
                  on_init: Callable[[str], None] = lambda exec_path: None) -> None:
         super().__init__()
         self._symlinks = symlinks
         self._on_init = on_init
         self._root_xattrs: dict[bytes, bytes] = {}
         self._view = view
-        self._replies = {ino: Reply.of(node) for ino, node in view.nodes.items()}
+        self._replies: dict[int, Reply] = {}
         self._retired: dict[int, Reply] = {}
         self._lookups: Counter[int] = Counter()
         self._backing = backing
         self._root_fd = root_fd
         self._xattrs = xattrs
-        _warn(backing.open_all(_files(view, {})))
+        self._refresh = refresh
 
     def init(self) -> None:
         """The kernel answered INIT: what an exec costs is known now (hwcaps_fs.fastpath);
@@ -154,40 +171,72 @@ class HwcapsOperations(pyfuse3.Operations):
     def _reply(self, inode: int) -> Reply:
         reply = self._replies.get(inode) or self._retired.get(inode)
         if reply is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            node = self._view.nodes.get(inode)
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            reply = self._replies[inode] = Reply.of(node)
         return reply
 
-    async def swap(self, view: View) -> None:
-        """Serve ``view`` from now on and make the kernel forget what changed."""
-        old_view, old_replies = self._view, self._replies
-        _warn(await trio.to_thread.run_sync(self._backing.open_all, _files(view, old_replies)))
-        replies: dict[int, Reply] = {}
-        for ino, node in view.nodes.items():
-            previous = old_replies.get(ino)
-            replies[ino] = previous if previous and previous.node == node else Reply.of(node)
-        self._view, self._replies = view, replies
-        gone = [ino for ino in old_replies if ino not in replies]
-        self._retired.update((ino, old_replies[ino]) for ino in gone if self._lookups[ino])
+    async def swap(self, update: Update) -> None:
+        """Serve ``update.view`` from now on and make the kernel forget what changed."""
+        gone = update.removed
+        self._retired.update((ino, self._reply(ino)) for ino in gone if self._lookups[ino])
+        for ino in (*gone, *update.changed):
+            self._replies.pop(ino, None)
+        self._view = update.view
         await self._discard([ino for ino in gone if not self._lookups[ino]])
-        for parent, name in changed_entries(old_view, view):
+        for parent, name in update.entries:
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-        for directory in changed_directories(old_view, view):
-            await trio.to_thread.run_sync(_invalidate_directory, directory)
+        for inode in update.changed:
+            await trio.to_thread.run_sync(_invalidate_directory, inode)
 
     async def _discard(self, inodes: list[int]) -> None:
         if inodes:
             await trio.to_thread.run_sync(self._backing.discard, inodes)
+
+    async def _backed(self, inode: int) -> bool:
+        """Have the backing file of a file inode open (a dictionary lookup when it is);
+        False when its source is another file now: the caller has the name rescanned. An open
+        that takes longer than :data:`OPEN_WAIT` goes on in its thread while the caller
+        answers (the read then waits for the file, as it would have)."""
+        reply = self._reply(inode)
+        candidate = reply.node.served
+        if reply.file_info is None or candidate is None or self._backing.is_open(inode):
+            return True
+        opened = await _within(OPEN_WAIT, functools.partial(self._backing.ensure, inode,
+                                                            candidate))
+        try:
+            if opened is not None:
+                opened.unwrap()
+        except (ReplacedError, FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            log.warning("cannot open %s: %s", candidate.source, exc.strerror)
+        return True
 
     # -- lookups -------------------------------------------------------------------------
 
     @guarded
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        for _ in range(REFRESH_TRIES):
+            inode = self._child(parent_inode, name)
+            relpath = self._reply(inode).node.relpath
+            if not await self._backed(inode):
+                await self._refresh(relpath)
+            elif inode in self._view.nodes:
+                break
+            # else an update replaced the inode while its file was being opened: again
+        else:
+            inode = self._child(parent_inode, name)
+        self._lookups[inode] += 1
+        return self._reply(inode).entry
+
+    def _child(self, parent_inode: int, name: bytes) -> int:
         inode = self._view.children.get(parent_inode, _NO_CHILDREN).get(name)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        self._lookups[inode] += 1
-        return self._replies[inode].entry
+        return inode
 
     @guarded
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -218,10 +267,14 @@ class HwcapsOperations(pyfuse3.Operations):
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
-        file_info = self._reply(inode).file_info
-        if file_info is None:
+        reply = self._reply(inode)
+        if reply.file_info is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return file_info
+        if not await self._backed(inode):
+            # The kernel retries the whole open once with a fresh lookup on ESTALE.
+            await self._refresh(reply.node.relpath)
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return reply.file_info
 
     # pyfuse3 replies with any buffer (PyObject_GetBuffer), though its stub says bytes.
     @guarded
@@ -241,6 +294,7 @@ class HwcapsOperations(pyfuse3.Operations):
             return await trio.to_thread.run_sync(self._backing.pread, fh, candidate, off, size)
         except ReplacedError as exc:
             log.warning("cannot serve %s: %s", candidate.path, exc.strerror)
+            await self._refresh(node.relpath)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except OSError as exc:
             log.warning("cannot read %s: %s", candidate.source, exc.strerror)
@@ -260,7 +314,7 @@ class HwcapsOperations(pyfuse3.Operations):
     @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if inode not in self._view.listing:
-            raise pyfuse3.FUSEError(errno.ENOTDIR if inode in self._replies else errno.ENOENT)
+            raise pyfuse3.FUSEError(errno.ENOTDIR if inode in self._view.nodes else errno.ENOENT)
         return inode
 
     @guarded
@@ -270,8 +324,9 @@ class HwcapsOperations(pyfuse3.Operations):
         listing = self._view.listing.get(fh, ())
         for index in range(start_id, len(listing)):
             name, inode = listing[index]
-            reply = self._replies.get(inode) or self._retired.get(inode)
-            if reply is None:
+            try:
+                reply = self._reply(inode)
+            except pyfuse3.FUSEError:
                 continue
             if not pyfuse3.readdir_reply(token, name, reply.entry, index + 1):
                 break
@@ -316,20 +371,27 @@ class HwcapsOperations(pyfuse3.Operations):
         return {**xattrs, **self._root_xattrs} if inode == pyfuse3.ROOT_INODE else xattrs
 
 
-def _files(view: View, known: Mapping[int, object]) -> list[tuple[int, Candidate]]:
-    """The inodes of ``view`` served as regular files, with their candidates, except those
-    in ``known`` (whose backing files are open already)."""
-    return [(ino, node.served) for ino, node in view.nodes.items()
-            if node.served is not None and node.link_target is None and ino not in known]
+async def _within(seconds: float, work: Callable[[], None]) -> outcome.Outcome[None] | None:
+    """Run ``work`` in a thread and wait up to ``seconds`` for it: its outcome, or None when
+    it is still running (it then finishes on its own; nothing waits for it)."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    finished: list[outcome.Outcome[None]] = []
 
+    def deliver(result: outcome.Outcome[None]) -> None:
+        finished.append(result)
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
 
-def _warn(messages: list[str]) -> None:
-    for message in messages:
-        log.warning("%s", message)
+    trio.lowlevel.start_thread_soon(work, deliver)
+    with trio.move_on_after(seconds):
+        await done.wait()
+    return finished[0] if finished else None
 
 
 def _invalidate_directory(inode: int) -> None:
-    """Drop the kernel's cached attributes of a directory and its cached listing."""
+    """Drop the kernel's cached attributes of a directory and its cached listing (or of any
+    inode whose node changed under the same number)."""
     try:
         pyfuse3.invalidate_inode(inode)
     except OSError as exc:

@@ -17,12 +17,13 @@ The rules that keep the daemon from deadlocking on its own mount (docs/fuse.md):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import logging
 import os
-import resource
 import signal
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -31,17 +32,27 @@ import trio
 
 from hwcaps_fs.core.level_views import level_views
 from hwcaps_fs.core.loader_links import redirect_loader_links
-from hwcaps_fs.core.model import Store
-from hwcaps_fs.core.resolve import Resolution, Target, resolve_store
-from hwcaps_fs.core.view import InodeNumbers, Presentation, View, build_view, is_privileged
+from hwcaps_fs.core.model import Store, tree_roots
+from hwcaps_fs.core.resolve import Resolution, Target, resolve, resolve_store
+from hwcaps_fs.core.view import (
+    InodeNumbers,
+    Presentation,
+    Update,
+    View,
+    build_view,
+    diff,
+    is_privileged,
+    patch_view,
+)
 from hwcaps_fs.detect.cpu import Detection, detect
 from hwcaps_fs.errors import MountError, PathError, show
 from hwcaps_fs.fuse import fastpath
-from hwcaps_fs.fuse.backing import BackingFiles
+from hwcaps_fs.fuse.backing import BackingFiles, descriptor_budget, raise_file_limit
 from hwcaps_fs.fuse.operations import HwcapsOperations
 from hwcaps_fs.store.scan import scan_fd
-from hwcaps_fs.store.watch import Changes, Watcher, apply_changes
+from hwcaps_fs.store.watch import Change, Changes, Watcher, apply_changes, has_variant_link
 from hwcaps_fs.system.bindmount import bind_underlying, unbind
+from hwcaps_fs.system.libc import libc
 from hwcaps_fs.system.mountinfo import mounts_at, restrictions
 from hwcaps_fs.system.namespaces import MS_NOEXEC
 from hwcaps_fs.system.preflight import MountPaths
@@ -52,6 +63,9 @@ log = logging.getLogger(__name__)
 #: 1 MiB (libfuse's largest) instead of 128 KiB, several in flight, so that the daemon serves
 #: the next while the reader copies the last (a cold 100 MB read: 8 times fewer requests).
 READ_AHEAD_KB = 4096
+
+#: statfs' f_type of a FUSE file system (no inotify events for changes made behind it).
+FUSE_SUPER_MAGIC = 0x65735546
 
 
 # -- the daemon's state ------------------------------------------------------------------
@@ -77,10 +91,33 @@ class Serving:
         return text + (f", exec path: {self.exec_path}" if self.exec_path else "")
 
 
+#: How many distinct messages :class:`_Once` remembers (older ones may be logged again).
+REMEMBERED_MESSAGES = 4096
+
+
+class _Once:
+    """Logs each warning once, remembering a bounded number of them (a store churned for
+    months must not grow the daemon)."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def __call__(self, messages: Iterable[str]) -> None:
+        for message in messages:
+            if message in self._seen:
+                self._seen.move_to_end(message)
+                continue
+            self._seen[message] = None
+            if len(self._seen) > REMEMBERED_MESSAGES:
+                self._seen.popitem(last=False)
+            log.warning("%s", message)
+
+
 @dataclass
 class _Daemon:
-    """What the running daemon holds: the ROOT fd, the store, the view's inputs and the
-    messages already logged (a rescan repeats the same skips; each is logged once)."""
+    """What the running daemon holds: the ROOT fd, the store, the view and its inputs, the
+    skip messages of each name (logged when they first appear; forgotten with the name) and
+    the names with variant links (rescanned on every change, see :mod:`hwcaps_fs.store.watch`)."""
 
     paths: MountPaths
     root_fd: int
@@ -89,23 +126,21 @@ class _Daemon:
     store: Store
     link_base: str | None
     numbers: InodeNumbers = field(default_factory=InodeNumbers)
-    logged: set[str] = field(default_factory=set)
-
-    def warn_once(self, messages: list[str]) -> None:
-        for message in messages:
-            if message not in self.logged:
-                self.logged.add(message)
-                log.warning("%s", message)
+    warn_once: _Once = field(default_factory=_Once)
+    skips: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    links: set[str] = field(default_factory=set)
+    current: View | None = None
 
     def serving(self) -> Serving:
         return Serving(self.paths.root, self.paths.mountpoint, self.detection.level,
                        self.detection.decided_by, len(self.store.files))
 
     def view(self) -> View:
-        """Resolve the whole store and build the view (pure work, a few ms per thousand
-        names; only scanning is incremental)."""
+        """Resolve the whole store and build the view."""
         resolutions = resolve_store(self.store, self.target)
-        self.warn_once(self._skips(resolutions.values()))
+        self.skips = self._note(resolutions.values(), self.skips)
+        self.links = {relpath for relpath, found in self.store.files.items()
+                      if has_variant_link(found)}
         options = self.paths.config.options
         store, served = self.store, list(resolutions.values())
         if options.loader_links is not None:
@@ -115,27 +150,67 @@ class _Daemon:
             self.warn_once([extra.warning] if extra.warning else [])
             store = dataclasses.replace(store, dirs={**store.dirs, **extra.dirs})
             served += extra.resolutions
-        return build_view(store, served, presentation=options.presentation,
-                          link_base=self.link_base, numbers=self.numbers)
+        self.current = build_view(store, served, presentation=options.presentation,
+                                  link_base=self.link_base, numbers=self.numbers)
+        return self.current
 
-    def _skips(self, resolutions: Iterable[Resolution]) -> list[str]:
-        """Candidates refused at a level that was searched (a v4 build on a v3 CPU is no
-        news, an untrusted or broken one is)."""
+    def _note(self, resolutions: Iterable[Resolution],
+              known: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        """Log the skips of ``resolutions`` not in ``known`` (by path) and return the skips
+        by path: candidates refused at a level that was searched (a v4 build on a v3 CPU is
+        no news, an untrusted or broken one is)."""
         searched = {*self.target.levels, None}
-        messages = []
+        noted = {}
         for resolution in resolutions:
-            messages += [f"{show(skip.candidate.path)}: skipped: {skip.reason}"
-                         for skip in resolution.skipped if skip.candidate.level in searched]
-        return messages
+            messages = tuple(f"{show(skip.candidate.path)}: skipped: {skip.reason}"
+                             for skip in resolution.skipped if skip.candidate.level in searched)
+            if messages:
+                noted[resolution.relpath] = messages
+                old = known.get(resolution.relpath, ())
+                for message in messages:
+                    if message not in old:
+                        log.warning("%s", message)
+        return noted
 
-    def rebuild(self, watcher: Watcher, changes: Changes) -> View:
-        """Rescan what ``changes`` touched and build the new view (blocking: in a thread)."""
-        self.warn_once(watcher.sync())
-        self.warn_once(apply_changes(self.store, self.root_fd, changes))
+    def update(self, watcher: Watcher, changes: Changes) -> Update:
+        """Rescan what ``changes`` touched and bring the view up to date (blocking: in a
+        thread). Costs what changed, unless directories did."""
+        if changes.overflow or any(change.is_dir for change in changes.changes):
+            self.warn_once(watcher.sync())
+        self._check_root(changes.root_moved)
+        rescanned = apply_changes(self.store, self.root_fd, changes, self.links)
+        self.warn_once(rescanned.warnings)
+        old = self.current
+        assert old is not None
+        options = self.paths.config.options
+        if rescanned.everything or options.loader_links is not None or options.levels_view:
+            # Those views derive names from other names: they are rebuilt whole.
+            return diff(old, self.view())
+        resolutions = [resolve(relpath, self.store.candidates(relpath), self.target)
+                       for relpath in rescanned.paths]
+        for relpath in rescanned.paths:
+            found = self.store.files.get(relpath)
+            if found is not None and has_variant_link(found):
+                self.links.add(relpath)
+            else:
+                self.links.discard(relpath)
+        known = {relpath: self.skips.pop(relpath, ()) for relpath in rescanned.paths}
+        self.skips.update(self._note(resolutions, known))
+        update = patch_view(old, resolutions, presentation=options.presentation,
+                            link_base=self.link_base, numbers=self.numbers)
+        self.current = update.view
+        return update
+
+    def _check_root(self, moved: bool) -> None:
+        """If ROOT was removed (or ``moved``: renamed), say that the view keeps serving the
+        directory it mounted (a mount follows a directory, not a path), and how to follow
+        the new one."""
+        how = f"hwcaps-fs umount {self.paths.mountpoint} and mount again to serve the new one"
         if os.fstat(self.root_fd).st_nlink == 0:
-            self.warn_once([f"ROOT {self.paths.root} was removed: the view stays empty until "
-                            f"it is mounted again (hwcaps-fs umount {self.paths.mountpoint})"])
-        return self.view()
+            self.warn_once([f"ROOT {self.paths.root} was removed: the view stays empty ({how})"])
+        elif moved and not self.paths.in_place:
+            self.warn_once([f"ROOT {self.paths.root} was renamed or replaced: the view goes on "
+                            f"serving the directory it mounted ({how})"])
 
 
 def _open_root(root: str) -> int:
@@ -145,19 +220,33 @@ def _open_root(root: str) -> int:
         raise PathError(f"ROOT {root}: {exc.strerror}") from None
 
 
+def _on_fuse(fd: int) -> bool:
+    """Whether the directory open as ``fd`` is on a FUSE file system (fstatfs' f_type, the
+    first field of struct statfs; os.fstatvfs does not give it)."""
+    buffer = ctypes.create_string_buffer(256)
+    if libc.fstatfs(fd, buffer) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buffer).value == FUSE_SUPER_MAGIC
+
+
 def _prepare(paths: MountPaths, root_fd: int) -> _Daemon:
     config, options = paths.config, paths.config.options
     is_root = os.geteuid() == 0
-    detection = detect(config.detect_options)
+    detection = detect(dataclasses.replace(config.detect_options, cross_check=False))
     for message in detection.warnings:
         log.warning("%s", message)
     target = detection.target(require_trusted=options.serves_root())
-    store = scan_fd(root_fd, paths.root, detection.architecture, config.layout)
+    store = scan_fd(root_fd, paths.root, detection.architecture, config.layout,
+                    read_baselines=False)
     link_base: str | None = paths.root
     if paths.in_place:
         link_base = bind_underlying(root_fd, paths.mountpoint) if is_root else None
     daemon = _Daemon(paths, root_fd, detection, target, store, link_base)
     daemon.warn_once(store.warnings)
+    if _on_fuse(root_fd):
+        log.warning("ROOT %s is on a FUSE file system, which reports no changes: the view "
+                    "follows it only when told (kill -HUP the daemon, or systemctl reload)",
+                    paths.root)
     if link_base is None and any(is_privileged(candidate) for found in store.files.values()
                                  for candidate in found.values()):
         log.warning("setuid/setgid/capability programs are served as plain files and lose "
@@ -168,38 +257,61 @@ def _prepare(paths: MountPaths, root_fd: int) -> _Daemon:
 # -- serving -----------------------------------------------------------------------------
 
 
-async def _stop_on_signals(stopped: list[int],
-                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        task_status.started()
-        async for signum in signals:
-            log.info("%s: unmounting", signal.Signals(signum).name)
-            stopped.append(signum)
-            pyfuse3.terminate()
-            return
+#: Signals that unmount and end the daemon; SIGHUP rescans the whole store instead (as daemons
+#: reload their configuration on it: ``systemctl reload`` and ``kill -HUP``).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-async def _follow_changes(daemon: _Daemon, watcher: Watcher, ops: HwcapsOperations) -> None:
-    """Apply the store's changes to the view. A change that cannot be applied is logged and
-    the previous view stays: an update must never take the mounted names away."""
-    while True:
-        changes = await watcher.next_changes()
-        if not (changes.changes or changes.overflow):
-            continue
-        try:
-            view = await trio.to_thread.run_sync(daemon.rebuild, watcher, changes)
-        except Exception as exc:
-            log.error("cannot apply a change to %s (still serving the previous view): %r",
-                      daemon.paths.root, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            continue
-        await ops.swap(view)
+class _Updates:
+    """Applies changes to the view one batch at a time, whoever asks: the inotify watcher,
+    SIGHUP, or a lookup that found a name's file replaced (:meth:`refresh`)."""
+
+    def __init__(self, daemon: _Daemon, watcher: Watcher, ops: HwcapsOperations) -> None:
+        self.daemon, self._watcher, self._ops = daemon, watcher, ops
+        self._lock = trio.Lock()
+
+    async def apply(self, changes: Changes) -> None:
+        """Apply ``changes``. One that cannot be applied is logged and the previous view
+        stays: an update must never take the mounted names away."""
+        async with self._lock:
+            try:
+                update = await trio.to_thread.run_sync(self.daemon.update, self._watcher,
+                                                       changes)
+                await self._ops.swap(update)
+            except Exception as exc:
+                log.error("cannot apply a change to %s (still serving the previous view): %r",
+                          self.daemon.paths.root, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+
+    async def refresh(self, relpath: str) -> None:
+        """Rescan the view path ``relpath`` now (its file was replaced under the view)."""
+        where = tree_roots(self.daemon.store.layout, self.daemon.store.architecture)
+        paths = (f"{top}/{relpath}" if top else relpath for top in where.values())
+        await self.apply(Changes(frozenset(Change(path, False) for path in paths)))
+
+    async def follow(self) -> None:
+        while True:
+            changes = await self._watcher.next_changes()
+            if changes.changes or changes.overflow:
+                await self.apply(changes)
+
+    async def on_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                         ) -> None:
+        with trio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: rescanning %s", self.daemon.paths.root)
+                    await self.apply(Changes(frozenset(), overflow=True))
+                    continue
+                log.info("%s: unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
+                return
 
 
-async def _serve(daemon: _Daemon, watcher: Watcher, ops: HwcapsOperations,
-                 ready: Callable[[Serving], None], stopped: list[int]) -> None:
+async def _serve(updates: _Updates) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(_stop_on_signals, stopped)
-        nursery.start_soon(_follow_changes, daemon, watcher, ops)
+        await nursery.start(updates.on_signals)
+        nursery.start_soon(updates.follow)
         await pyfuse3.main()  # INIT first: then the mount serves (_initialized)
         nursery.cancel_scope.cancel()
 
@@ -234,18 +346,12 @@ def _initialized(daemon: _Daemon, ready: Callable[[Serving], None], exec_path: s
         _raise_read_ahead, daemon.paths.mountpoint, f"fuse.{options.subtype}")
 
 
-def _raise_file_limit() -> None:
-    """One fd per file read since mounted can be open (see :mod:`hwcaps_fs.fuse.backing`)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 @contextlib.contextmanager
-def _mounted(paths: MountPaths, ops: HwcapsOperations, root_fd: int) -> Iterator[list[int]]:
-    """Mount ``ops``; on the way out unmount if we were stopped by a signal (an external
-    unmount already did it) and tear the session down. The view is noexec when ROOT's own
-    mount is (it is always nosuid and nodev): it never lets run what the real path does not."""
+def _mounted(paths: MountPaths, ops: HwcapsOperations, root_fd: int) -> Iterator[None]:
+    """Mount ``ops``; on the way out, whatever ends the serving (a signal, an error), unmount
+    if the mount is still there (an external unmount already removed it), so that the plain
+    directory is back rather than a dead mount. The view is noexec when ROOT's own mount is
+    (it is always nosuid and nodev): it never lets run what the real path does not."""
     options = paths.config.options.fuse_options()
     if restrictions(root_fd) & MS_NOEXEC:
         options.add("noexec")
@@ -256,33 +362,35 @@ def _mounted(paths: MountPaths, ops: HwcapsOperations, root_fd: int) -> Iterator
     except RuntimeError:
         raise MountError(f"cannot mount {paths.mountpoint}: libfuse refused "
                          "(its reason is on the line above)") from None
-    stopped: list[int] = []
     try:
-        yield stopped
+        yield
     finally:
         still_mounted = any(entry.is_view for entry in mounts_at(paths.mountpoint))
-        pyfuse3.close(unmount=bool(stopped) and still_mounted)
+        pyfuse3.close(unmount=still_mounted)
 
 
 def serve(paths: MountPaths, ready: Callable[[Serving], None]) -> None:
     """Prepare, mount, serve until unmounted or signalled, clean up; ``ready`` is called once
     the mount serves, with what it serves."""
     os.chdir("/")
-    _raise_file_limit()
+    raise_file_limit()
     root_fd = _open_root(paths.root)
     daemon: _Daemon | None = None
     try:
         daemon = _prepare(paths, root_fd)
-        backing = BackingFiles(root_fd)
+        backing = BackingFiles(root_fd, descriptor_budget())
+        watcher = Watcher(root_fd)
+        updates: _Updates
         options = paths.config.options
         ops = HwcapsOperations(daemon.view(), backing, root_fd, xattrs=options.xattr,
+                               refresh=lambda relpath: updates.refresh(relpath),
                                symlinks=options.presentation is Presentation.SYMLINKS,
                                on_init=functools.partial(_initialized, daemon, ready))
-        watcher = Watcher(root_fd)
+        updates = _Updates(daemon, watcher, ops)
         daemon.warn_once(watcher.sync())
         try:
-            with _mounted(paths, ops, root_fd) as stopped:
-                trio.run(_serve, daemon, watcher, ops, ready, stopped)
+            with _mounted(paths, ops, root_fd):
+                trio.run(_serve, updates)
         finally:
             watcher.close()
             backing.close()

@@ -9,6 +9,7 @@ path that could cross a mount over ROOT.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import stat
@@ -142,11 +143,14 @@ class FileReader:
     """Reads candidates from the store open as ``root_fd`` (``root`` is its canonical path,
     ``roots`` the directory of each tree, ``root_parents`` the directories above ROOT), with
     caches of the directories on the way: every file of a directory asks about the same ones.
-    POSIX ACLs met on the way are reported in ``warnings``."""
+    POSIX ACLs met on the way are reported in ``warnings``. Without ``read_baselines``
+    baselines are not opened (see :class:`~hwcaps_fs.core.model.Store`)."""
 
     def __init__(self, root_fd: int, root: str, roots: dict[str | None, str],
-                 root_parents: tuple[DirAccess, ...], warnings: list[str]) -> None:
+                 root_parents: tuple[DirAccess, ...], warnings: list[str], *,
+                 read_baselines: bool = True) -> None:
         self.root_fd = root_fd
+        self.read_baselines = read_baselines
         self.root = root
         self.roots = roots
         self.root_parents = root_parents
@@ -173,6 +177,8 @@ class FileReader:
             kind = FILE_KINDS.get(stat.S_IFMT(st.st_mode))
             if kind is not None:
                 raise _Unservable(f"{kind}, not a regular file")
+            if level is None and not self.read_baselines:
+                return self._baseline(path, source, st, open_at, link_target, links)
             return self._read_file(level, path, source, open_at, link_target, links)
         except _Unservable as exc:
             untrusted = self.untrusted(None, links) if link_target else None
@@ -206,6 +212,30 @@ class FileReader:
             )
         finally:
             os.close(fd)
+
+    def _baseline(
+        self, path: str, source: str, st: os.stat_result, open_at: tuple[int, str],
+        link_target: str | None, links: list[tuple[str, int]],
+    ) -> Candidate:
+        """A baseline as serving it needs it, without opening it: no ELF facts, the file
+        capabilities and ACL read through the directory's /proc link (one listxattr for the
+        many files that have neither)."""
+        where = f"/proc/self/fd/{open_at[0]}/{open_at[1]}"
+        try:
+            names = set(os.listxattr(where, follow_symlinks=False))
+        except OSError:
+            names = set()
+        capability = None
+        if CAPABILITY_XATTR in names:
+            with contextlib.suppress(OSError):
+                capability = os.getxattr(where, CAPABILITY_XATTR, follow_symlinks=False)
+        acl = acl_bits(access_acl(where) if ACL_XATTR in names else None)
+        self.report_acl(source, acl)
+        return Candidate.from_stat(
+            st, level=None, path=path, source=source, capability=capability,
+            untrusted=self.untrusted(source, links), link_target=link_target,
+            reachable_bits=self._reachable(path, source, st) & acl,
+        )
 
     def _follow(self, path: str, links: list[tuple[str, int]]) -> tuple[str, os.stat_result]:
         """Resolve the symlink ``path`` inside ROOT: (final ROOT-relative path, its lstat).

@@ -82,10 +82,11 @@ def scan(root: str, architecture: Architecture, layout: Layout | None = None) ->
 
 def scan_fd(
     root_fd: int, root_display: str, architecture: Architecture, layout: Layout | None = None,
-    root_parents: tuple[DirAccess, ...] | None = None,
+    root_parents: tuple[DirAccess, ...] | None = None, *, read_baselines: bool = True,
 ) -> Store:
     """Scan the store whose directory is open as ``root_fd`` (which stays open and is only
-    used through ``*at`` calls, so ROOT may already be mounted over).
+    used through ``*at`` calls, so ROOT may already be mounted over); ``read_baselines``: see
+    :class:`~hwcaps_fs.core.model.Store`.
 
     ``root_display`` is ROOT's canonical absolute path: it names the store in messages and lets
     absolute symlinks that point back inside ROOT be followed without crossing the mount.
@@ -96,7 +97,7 @@ def scan_fd(
         root_parents = parents_of(root_display)
     try:
         store = Store(root_display, layout or detect_layout(root_fd), architecture,
-                      root_parents=root_parents)
+                      root_parents=root_parents, read_baselines=read_baselines)
     except OSError as exc:
         raise PathError(f"{root_display}: cannot read: {exc.strerror}") from None
     _Scanner(root_fd, store).scan_all()
@@ -126,7 +127,7 @@ def rescan_dir(store: Store, root_fd: int, reldir: str) -> list[str]:
     which are not added to ``store.warnings``."""
     if not reldir:
         fresh = scan_fd(root_fd, store.root, store.architecture, store.layout,
-                        store.root_parents)
+                        store.root_parents, read_baselines=store.read_baselines)
         store.files, store.dirs = fresh.files, fresh.dirs
         store.warnings = fresh.warnings
         return list(fresh.warnings)
@@ -154,7 +155,7 @@ class _Scanner:
         self.roots = tree_roots(store.layout, store.architecture)
         self.warnings = store.warnings if warnings is None else warnings
         self.files = FileReader(root_fd, store.root, self.roots, store.root_parents,
-                                self.warnings)
+                                self.warnings, read_baselines=store.read_baselines)
 
     # -- the whole store -------------------------------------------------------------------
 
@@ -224,20 +225,22 @@ class _Scanner:
         reachable = reachable_bits(st.st_uid, st.st_gid, [*self.store.root_parents, *above])
         self.store.dirs[reldir] = DirInfo.from_stat(
             st, path=reldir, reachable_bits=reachable & acl_bits(access_acl(info_fd)))
-        found: dict[str, dict[str | None, os.stat_result]] = {}
+        # Names first, stat one name at a time: a directory may hold a hundred thousand.
+        found: dict[str, list[str | None]] = {}
         for level, fd in fds.items():
-            where = join(self.roots[level], reldir)
-            for name, _ in self._entries(fd, where):
-                if self._hidden(level, reldir, name):
-                    continue
-                try:
-                    found.setdefault(name, {})[level] = os.stat(
-                        name, dir_fd=fd, follow_symlinks=False
-                    )
-                except OSError as exc:
-                    self.warn(f"ignored {show(join(where, name))}: {exc.strerror}")
+            for name, _ in self._entries(fd, join(self.roots[level], reldir)):
+                if not self._hidden(level, reldir, name):
+                    found.setdefault(name, []).append(level)
         for name in sorted(found):
-            self._merge_entry(join(reldir, name), found[name], fds)
+            stats = {}
+            for level in found[name]:
+                try:
+                    stats[level] = os.stat(name, dir_fd=fds[level], follow_symlinks=False)
+                except OSError as exc:
+                    where = join(self.roots[level], reldir, name)
+                    self.warn(f"ignored {show(where)}: {exc.strerror}")
+            if stats:
+                self._merge_entry(join(reldir, name), stats, fds)
 
     def _merge_entry(
         self, relpath: str, stats: dict[str | None, os.stat_result], fds: dict[str | None, int]

@@ -18,11 +18,11 @@ import os
 import posixpath
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
-from hwcaps_fs.core.model import Store, locate
+from hwcaps_fs.core.model import Candidate, Layout, Store, locate
 from hwcaps_fs.store.scan import MAX_DEPTH, rescan_dir, rescan_path
 from hwcaps_fs.system.libc import check, libc
 
@@ -81,10 +81,11 @@ class Change:
 @dataclass(frozen=True)
 class Changes:
     """The changes of one batch of events; ``overflow`` when the kernel dropped events (then
-    only a full rescan is safe)."""
+    only a full rescan is safe); ``root_moved`` when ROOT itself was renamed or removed."""
 
     changes: frozenset[Change]
     overflow: bool = False
+    root_moved: bool = False
 
 
 def decode_events(data: bytes) -> list[Event]:
@@ -104,7 +105,7 @@ def changes_of(events: Iterable[Event], directories: Mapping[int, str]) -> Chang
     """What ``events`` changed, as ROOT-relative paths, given the directory each watch
     descriptor watches. Events of unknown descriptors (already removed) are dropped."""
     found: set[Change] = set()
-    overflow = False
+    overflow = root_moved = False
     for event in events:
         if event.mask & IN_Q_OVERFLOW:
             overflow = True
@@ -114,42 +115,71 @@ def changes_of(events: Iterable[Event], directories: Mapping[int, str]) -> Chang
             continue
         if event.mask & SELF_EVENTS or not event.name:
             found.add(Change(directory, True))
+            root_moved |= not directory and bool(event.mask & SELF_EVENTS)
         else:
             path = f"{directory}/{event.name}" if directory else event.name
             found.add(Change(path, bool(event.mask & IN_ISDIR)))
-    return Changes(frozenset(found), overflow)
+    return Changes(frozenset(found), overflow, root_moved)
 
 
-def apply_changes(store: Store, root_fd: int, changes: Changes) -> list[str]:
-    """Rescan in ``store`` what ``changes`` touched; returns the warnings of the rescans.
+@dataclass
+class Rescanned:
+    """What :func:`apply_changes` rescanned: the view file ``paths`` whose candidates may
+    have changed, or ``everything`` when directories changed too (the view must then be
+    rebuilt whole); ``warnings`` of the rescans."""
 
-    A change outside every tree (``glibc-hwcaps`` itself, a level directory appearing) or a
-    lost event rescans everything; a directory rescans its subtree; a file only its name.
-    Names with a variant that is a symlink are rescanned on every change: no event reaches a
-    link's directory when what it points to (or a link along the way) is replaced, removed or
-    created, and variant links are few.
+    paths: set[str] = field(default_factory=set)
+    everything: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def apply_changes(store: Store, root_fd: int, changes: Changes,
+                  links: Iterable[str]) -> Rescanned:
+    """Rescan in ``store`` what ``changes`` touched, and the names in ``links`` (see
+    :func:`has_variant_link`).
+
+    A level directory appearing or leaving (or ``glibc-hwcaps`` itself) or a lost event
+    rescans everything; a change inside a directory that is no tree of the store (an unknown
+    level) is ignored, as the scan ignores that directory; a directory rescans its subtree; a
+    file only its name. Names with a variant that is a symlink are rescanned on every change:
+    no event reaches a link's directory when what it points to (or a link along the way) is
+    replaced, removed or created, and variant links are few.
     """
-    located = [(change, locate(store, change.path)) for change in changes.changes]
+    located = []
+    for change in changes.changes:
+        where = locate(store, change.path)
+        if where is None and _inside_foreign(store, change.path):
+            continue
+        located.append((change, where))
     if changes.overflow or any(where is None or not where[1] for _, where in located):
-        return rescan_dir(store, root_fd, "")
-    warnings: list[str] = []
+        return Rescanned(set(store.files), True, rescan_dir(store, root_fd, ""))
+    done = Rescanned()
     directories = {where[1] for change, where in located if where and change.is_dir}
     for directory in sorted(directories):
         if not any(directory.startswith(f"{other}/") for other in directories):
-            warnings += rescan_dir(store, root_fd, directory)
-    for change, where in located:
-        if where and not change.is_dir and not _below(where[1], directories):
-            rescan_path(store, root_fd, where[1])
-    for relpath in variant_links(store):
+            done.paths.update(path for path in store.files if _below(path, {directory}))
+            done.warnings += rescan_dir(store, root_fd, directory)
+            done.paths.update(path for path in store.files if _below(path, {directory}))
+            done.everything = True
+    files = {where[1] for change, where in located
+             if where and not change.is_dir and not _below(where[1], directories)}
+    for relpath in files | set(links):
         rescan_path(store, root_fd, relpath)
-    return warnings
+    done.paths |= files | set(links)
+    return done
 
 
-def variant_links(store: Store) -> list[str]:
-    """The view paths with a variant that is a symlink (followed or not)."""
-    return [relpath for relpath, candidates in store.files.items()
-            if any(level is not None and candidate.link_target is not None
-                   for level, candidate in candidates.items())]
+def has_variant_link(candidates: Mapping[str | None, Candidate]) -> bool:
+    """Whether a name has a variant that is a symlink (followed or not)."""
+    return any(level is not None and candidate.link_target is not None
+               for level, candidate in candidates.items())
+
+
+def _inside_foreign(store: Store, path: str) -> bool:
+    """Whether ``path`` (outside every tree) is below a directory in level position, rather
+    than such a directory itself (which may be a level appearing)."""
+    depth = 2 if store.layout is Layout.GLIBC else 1
+    return path.count("/") >= depth
 
 
 def _below(relpath: str, directories: set[str]) -> bool:

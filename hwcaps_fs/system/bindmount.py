@@ -17,9 +17,11 @@ The daemon removes what is left, and what is already gone is no error.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 
+from hwcaps_fs.errors import MountError
 from hwcaps_fs.system.mountinfo import mounts_at, restrictions
 from hwcaps_fs.system.namespaces import (
     MNT_DETACH,
@@ -37,14 +39,22 @@ log = logging.getLogger(__name__)
 #: Where the private bind mounts of in-place mounts live (one per mountpoint).
 RUNTIME_DIR = "/run/hwcaps-fs"
 
+#: The longest file name (bytes) in the runtime directory.
+NAME_MAX = 255
+
 
 def runtime_name(mountpoint: str) -> str:
     """A file name for ``mountpoint``, as systemd-escape --path writes it (``/usr/bin`` is
-    ``usr-bin``), so that each mountpoint has its own bind mount and a restart finds it."""
+    ``usr-bin``), so that each mountpoint has its own bind mount and a restart finds it. An
+    escaped path longer than a file name may be keeps its start and ends in a hash of the
+    whole path instead."""
     path = os.fsencode(mountpoint.strip("/"))
     safe = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_."
     escaped = "".join("-" if byte == ord("/") else chr(byte) if byte in safe
                       else f"\\x{byte:02x}" for byte in path)
+    if len(escaped) > NAME_MAX:
+        digest = hashlib.sha256(path).hexdigest()[:32]
+        escaped = f"{escaped[:NAME_MAX - len(digest) - 1]}-{digest}"
     return escaped or "-"
 
 
@@ -54,20 +64,25 @@ def bind_underlying(root_fd: int, mountpoint: str) -> str:
     file system is nosuid: then they must stay powerless here too), private so the FUSE mount
     does not propagate onto it; a leftover from a daemon that was killed is detached first.
     Returns its path. Directories get their mode whatever the umask: every user reaches
-    sudo through them."""
-    make_directory(RUNTIME_DIR, 0o755, exist_ok=True)
+    sudo through them. What fails (a full /run...) is a :class:`MountError`."""
     target = os.path.join(RUNTIME_DIR, runtime_name(mountpoint))
-    make_directory(target, 0o755, exist_ok=True)
-    for _ in mounts_at(target):
-        sys_umount(target, MNT_DETACH)
-    sys_mount(f"/proc/self/fd/{root_fd}", target, None, MS_BIND)
+    try:
+        make_directory(RUNTIME_DIR, 0o755, exist_ok=True)
+        make_directory(target, 0o755, exist_ok=True)
+        for _ in mounts_at(target):
+            sys_umount(target, MNT_DETACH)
+        sys_mount(f"/proc/self/fd/{root_fd}", target, None, MS_BIND)
+    except OSError as exc:
+        raise MountError(f"cannot make the bind mount {target} that privileged programs are "
+                         f"served from: {exc.strerror}") from None
     try:
         sys_mount(None, target, None, MS_PRIVATE)
         # A bind remount sets the flags it is given and clears the others.
         sys_mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | restrictions(root_fd))
-    except OSError:
+    except OSError as exc:
         sys_umount(target, MNT_DETACH)
-        raise
+        raise MountError(f"cannot make the bind mount {target} private and read-only: "
+                         f"{exc.strerror}") from None
     return target
 
 

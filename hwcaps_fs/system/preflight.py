@@ -136,9 +136,15 @@ class MountLock:
         self.fd: int | None = None
         if os.geteuid() != 0:
             return
-        make_directory(RUNTIME_DIR, 0o755, exist_ok=True)
-        make_directory(LOCK_DIR, 0o700, exist_ok=True)
         self.path = os.path.join(LOCK_DIR, runtime_name(mountpoint))
+        try:
+            make_directory(RUNTIME_DIR, 0o755, exist_ok=True)
+            make_directory(LOCK_DIR, 0o700, exist_ok=True)
+            self._take()
+        except OSError as exc:  # a full or read-only /run
+            raise MountError(f"cannot take the lock {self.path}: {exc.strerror}") from None
+
+    def _take(self) -> None:
         while self.fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
