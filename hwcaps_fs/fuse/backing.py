@@ -1,18 +1,5 @@
 """The files behind the view: a bounded set of open descriptors, by inode of the view.
 
-<<<<<<< HEAD
-An exec through the mount sends OPEN; with keep_cache the binary's bytes then come from the
-page cache, so in steady state nothing is ever read and ``open`` must not touch the disk
-(docs/fuse.md). The backing file of every file the view serves is therefore opened
-before the view is (:meth:`BackingFiles.open_all`), and kept open for as long as the view
-serves that inode or the kernel may ask for it. Opening it on the first READ instead would
-leave a window in which the store removes or replaces the served variant before anything was
-read, and every exec in that window fails, although the view still (rightly) shows the name:
-a package manager removing a variant package hits it (the soak did, bench/soak.py). Keeping
-the file open is also what lets an old inode keep working after its file was replaced by a
-rename: the descriptor still reaches the old content, which is exactly what a process that
-looked the name up before the update expects.
-=======
 An exec through the mount sends at most an OPEN (none with the kernel's no-open mode), and with
 keep_cache the binary's bytes then come from the page cache: in steady state nothing is read.
 What matters is that when a read does come, the bytes are those of the file the inode was
@@ -27,7 +14,6 @@ opened again on its next read, so that a store of any size is served with about 
 descriptors and EMFILE never reaches a caller. A file that cannot be opened as the one scanned
 raises :class:`ReplacedError`; the caller then rescans that name and the kernel looks it up
 again (the name switches cleanly to the new file).
->>>>>>> b9fd3e1 (wip: all scale work)
 
 Files are opened from the ROOT directory fd one component at a time without following
 symlinks (the store already resolved them), so nothing here can cross the mount over ROOT, and
