@@ -608,11 +608,7 @@ HEADLINES = (
              stock="read 100 MB, FUSE cache cold, stock path"),
     Headline("mount ready, 5,000 names", "Mount-ready", "", "5,000",
              "mount command returns, mount live (s)", " s"),
-    Headline("mount ready, 100,000 names", "Mount-ready", "", "100,000",
-             "mount command returns, mount live (s)", " s"),
     Headline("daemon RSS, 10,000 names", "Mount-ready", "", "10,000", "daemon RSS (MB)", " MB"),
-    Headline("daemon CPU per change, 15,000 names (a touch in bin/)", "Updates", "",
-             "touch of a name in bin/", "daemon CPU per change (ms)", " ms"),
     Headline("bench/hwcaps-demo.c: the served build's speed-up over its baseline", "The gain", "",
              "served", "speed-up", ""),
 )
