@@ -64,6 +64,10 @@ def check_package(rootfs: Path, check: Check) -> None:
         module = source.relative_to(REPO).with_suffix("")
         built = sorted((rootfs / SITE / module.parent).glob(f"{module.name}.*.so"))
         check(f"installs {module} compiled", bool(built), " ".join(path.name for path in built))
+    command = rootfs / COMMAND.lstrip("/")
+    shebang = command.read_text().splitlines()[0] if command.exists() else ""
+    check(f"{COMMAND} runs python3 -P (its directory, maybe a view, is not on sys.path)",
+          shebang.replace("#! ", "#!") == "#!/usr/bin/python3 -P", shebang)
     helper = rootfs / "sbin/mount.hwcaps-fs"
     check(f"the mount helper runs {COMMAND}",
           helper.exists() and f"CONFIGURED='{COMMAND}'" in helper.read_text(), "")
