@@ -197,9 +197,10 @@ boot-test: deps boot-deps
 # ---- deb, deb-test, container-test (debian/, tests/boot/, tests/containers/) --------------------
 # make deb: the Debian package, built from a copy of this tree (debian/rules: pybuild, plus the
 # install-helpers and install-units targets above with the package's paths) and checked with
-# lintian; dist/ receives hwcaps-fs_<version>_<arch>.deb, its .buildinfo and .changes, and
-# dist/lintian.txt. make deb-test boots it (systemd-nspawn, usr-bin.mount enabled) in a Debian 12
-# root filesystem made of Debian's own packages; make container-test runs it under podman.
+# lintian; dist/ receives hwcaps-fs_<version>_<arch>.deb, the debug symbols of its C library
+# (hwcaps-fs-dbgsym_*.deb), the .buildinfo and .changes, and dist/lintian.txt. make deb-test
+# boots it (systemd-nspawn, usr-bin.mount enabled) in a Debian 12 root filesystem made of
+# Debian's own packages; make container-test runs it under podman.
 # See docs/packaging.md.
 DEB_APT_PACKAGES := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all-dev \
                     python3-setuptools libfuse3-dev pkg-config lintian
@@ -220,8 +221,8 @@ deb: deb-deps
 	cd $(DEB_WORK)/src && PATH=/usr/sbin:/usr/bin:/sbin:/bin \
 	    dpkg-buildpackage -b -us -uc --no-sign > ../build.log 2>&1 \
 	    || { tail -40 ../build.log; echo "make deb: failed, see $(DEB_WORK)/build.log"; exit 1; }
-	rm -f $(DIST)/hwcaps-fs_*
-	mv $(DEB_WORK)/hwcaps-fs_* $(DIST)/
+	rm -f $(DIST)/hwcaps-fs_* $(DIST)/hwcaps-fs-dbgsym_*
+	mv $(DEB_WORK)/hwcaps-fs_* $(DEB_WORK)/hwcaps-fs-dbgsym_* $(DIST)/
 	lintian --fail-on error --tag-display-limit 0 $(DIST)/hwcaps-fs_*.changes \
 	    > $(DIST)/lintian.txt; status=$$?; cat $(DIST)/lintian.txt; exit $$status
 	@ls -l $(DIST)/*.deb
