@@ -7,7 +7,8 @@ achieve through a view served to root. Each attack is run by a real non-root use
 * a directory above ROOT the user can write (they could put another store in ROOT's place);
 * POSIX ACLs (the view never grants what an ACL on the real path denies);
 * ``-o loader_links=DIR`` (the view's links lead root into DIR: DIR, the way to it and the
-  symlinks on it must be root's alone, or the mount is refused);
+  symlinks on it must be root's alone, or the mount is refused; and a view served to root
+  is mounted only where no user can change what is below it);
 * ``-o levels_view`` (every level's view keeps the view's rules);
 * ``compare`` run as root (it runs no build a user could change, a link out of ROOT included);
 * names with control characters (quoted wherever a name is printed).
@@ -187,6 +188,35 @@ def test_loader_links_never_lead_root_where_a_user_can_write(
         cleanup(usr / "bin")
     assert_one_line_error(result, 3)
     assert f"loader_links {directory}: " in result.stderr
+    assert list(public.rglob("*.ran")) == []
+
+
+def test_a_view_served_to_root_is_not_mounted_where_a_user_can_write(
+        binaries: Path, public: Path, attacker: User) -> None:
+    """DIR is a view mounted on a directory of the user's (in a sticky directory, as /tmp):
+    while mounted it looks like root's, but once the view is gone (unmounted, its daemon
+    ended) the links lead root into the user's directory. The view is refused there."""
+    usr = solus_system(binaries, public / "store" / "usr")
+    sticky = public / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    view = sticky / "view"
+    attacker.run("mkdir", view, check=True)
+
+    result = hwcaps_fs("mount", "--layout", "loader", str(usr / "hwcaps"), str(view))
+    try:
+        if result.returncode == 0:
+            links = hwcaps_fs("mount", "-o", f"loader_links={view}/bin", str(usr / "bin"))
+            assert links.returncode == 0, links.stderr
+            assert hwcaps_fs("umount", str(view)).returncode == 0
+            attacker.run("mkdir", view / "bin", check=True)
+            pwned_script(attacker, view / "bin/foo")
+            assert output(usr / "bin/foo").stdout.strip() != "pwned"
+    finally:
+        cleanup(usr / "bin")
+        cleanup(view)
+    assert_one_line_error(result, 3)
+    assert f"MOUNTPOINT {view}: {view} is owned by uid {attacker.uid}" in result.stderr
     assert list(public.rglob("*.ran")) == []
 
 
