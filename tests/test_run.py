@@ -128,7 +128,7 @@ def skip_without(*programs: str) -> None:
 
 def skip_without_userns() -> None:
     """Skip unless nobody may create a user namespace, with the kernel's reason."""
-    skip_without("setpriv", "unshare")
+    skip_without("runuser", "unshare")
     probe = subprocess.run([*AS_NOBODY, "unshare", "--user", "--mount", "true"],
                            capture_output=True, text=True, check=False)
     if probe.returncode:
