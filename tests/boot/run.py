@@ -325,6 +325,11 @@ def judge(boot: Boot) -> None:
     status = units[SERVICE].get("StatusText", "")
     check(f"{SERVICE} tells systemd what it serves (STATUS=)",
           status.startswith(f"serving /opt/svcstore: level {level} (decided by "), status)
+    if FAST_PATH_SOURCE.exists():
+        exec_paths: dict[str, str | None] = result.get("exec_paths", {})  # type: ignore[assignment]
+        for mountpoint, path in exec_paths.items():
+            check(f"{mountpoint}: execs take the fast path", str(path).startswith("zero-request"),
+                  f"{path}")
     judge_crash(result.get("crash"), level, check)
     judge_service_crash(result.get("service_crash"), level, check)
     judge_service_stop(result.get("service_stop"), level, check)
