@@ -21,10 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
+from hwcaps_fs.system.guard import NAME
 from hwcaps_fs.system.mountinfo import mounts_at
 
 #: Upper bound for a mount to become ready or a daemon to exit.
 DEADLINE = 15.0
+
+#: The unmount guard's process name (its command line is its daemon's).
+GUARD_NAME = NAME.decode()
 
 #: The environment of the commands: this checkout importable from any working directory.
 ENVIRONMENT = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -63,19 +67,30 @@ def is_fuse_mounted(path: Path) -> bool:
     return any(entry.fstype.startswith("fuse") for entry in mounts_at(str(path)))
 
 
-def daemon_pids(mountpoint: Path) -> list[int]:
-    """Processes whose command line is ``hwcaps_fs mount ... MOUNTPOINT``."""
-    pids = []
+def _processes(mountpoint: Path) -> Iterator[tuple[int, str]]:
+    """Processes whose command line is ``hwcaps_fs mount ... MOUNTPOINT``, with their name."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
+            name = (entry / "comm").read_text().strip()
         except OSError:
             continue
         if b"hwcaps_fs" in argv and b"mount" in argv and os.fsencode(mountpoint) in argv:
-            pids.append(int(entry.name))
-    return pids
+            yield int(entry.name), name
+
+
+def daemon_pids(mountpoint: Path) -> list[int]:
+    """The daemons serving ``mountpoint`` (its unmount guard, which has the same command
+    line, is not one: :func:`guard_pids`)."""
+    return [pid for pid, name in _processes(mountpoint) if name != GUARD_NAME]
+
+
+def guard_pids(mountpoint: Path) -> list[int]:
+    """The unmount guards of daemons of ``mountpoint`` (hwcaps_fs.system.guard): a daemon's
+    exits once the daemon has ended and its mount is gone."""
+    return [pid for pid, name in _processes(mountpoint) if name == GUARD_NAME]
 
 
 def _detach_all(path: Path) -> None:
@@ -87,6 +102,11 @@ def _detach_all(path: Path) -> None:
 def cleanup(mountpoint: Path) -> None:
     """Leave no daemon, FUSE mount or bind mount behind for ``mountpoint``."""
     for pid in daemon_pids(mountpoint):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not guard_pids(mountpoint), DEADLINE, "the guards to exit")
+    for pid in guard_pids(mountpoint):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     if is_fuse_mounted(mountpoint):

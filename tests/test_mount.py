@@ -22,6 +22,7 @@ from tests.mounting import (
     DEADLINE,
     cleanup,
     daemon_pids,
+    guard_pids,
     hwcaps_fs,
     is_fuse_mounted,
     mounted,
@@ -317,6 +318,45 @@ def test_kill_9_with_auto_unmount_brings_the_directory_back(binaries: Path,
         mount.stop(signal.SIGKILL)
         wait_until(lambda: not is_fuse_mounted(store), 3, "fusermount3 to unmount")
         assert "glibc-hwcaps" in os.listdir(store)
+
+
+def test_kill_9_after_a_listing_always_brings_the_directory_back(binaries: Path,
+                                                                 public: Path) -> None:
+    """A listing just before the kill is what made fusermount3's watcher give up (its open
+    of the mountpoint then ends in ECONNABORTED, not ENOTCONN): the daemon's unmount guard
+    removes the dead mount every time, and exits."""
+    store = make_store(binaries, public / "store")
+    for _ in range(6):
+        with mounted(store, store, "-o", "auto_unmount") as mount:
+            assert "glibc-hwcaps" not in os.listdir(store)
+            mount.stop(signal.SIGKILL)
+            wait_until(lambda: not is_fuse_mounted(store), 3, "the dead mount to go")
+            assert "glibc-hwcaps" in os.listdir(store)
+            wait_until(lambda: not guard_pids(store), DEADLINE, "the guard to exit")
+
+
+def test_the_unmount_guard_ends_with_its_daemon(binaries: Path, public: Path) -> None:
+    """Only auto_unmount mounts have a guard; it ignores SIGTERM (systemd sends it to the
+    whole unit) but exits once its daemon has, after SIGTERM or an unmount."""
+    store = make_store(binaries, public / "store")
+    with mounted(store, store):
+        assert guard_pids(store) == []
+    with mounted(store, store, "-o", "auto_unmount") as mount:
+        [guard] = guard_pids(store)
+        status = dict(line.split(":\t", 1) for line in
+                      Path(f"/proc/{guard}/status").read_text().splitlines())
+        ignored = int(status["SigIgn"], 16)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            assert ignored & (1 << (signum - 1)), signum
+        assert mount.stop() == 0
+        wait_until(lambda: not guard_pids(store), DEADLINE, "the guard to exit")
+        assert not is_fuse_mounted(store)
+    with mounted(store, store, "-o", "auto_unmount") as mount:
+        assert len(guard_pids(store)) == 1
+        assert hwcaps_fs("umount", str(store)).returncode == 0
+        assert mount.process.wait(DEADLINE) == 0
+        wait_until(lambda: not guard_pids(store), DEADLINE, "the guard to exit")
+        assert not is_fuse_mounted(store) and daemon_pids(store) == []
 
 
 def test_stale_mount_is_cleared(binaries: Path, tmp_path: Path, level: str) -> None:

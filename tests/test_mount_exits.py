@@ -19,6 +19,7 @@ from tests.builders import compile_level, install, variant_store
 from tests.mounting import (
     DEADLINE,
     ENVIRONMENT,
+    GUARD_NAME,
     assert_one_line_error,
     cleanup,
     daemon_pids,
@@ -118,9 +119,10 @@ def _children_named(parent: int, name: str) -> list[int]:
 @pytest.mark.parametrize("recovery", ["mount", "umount"])
 def test_killing_daemon_and_fusermount_together_then_recovering(
         binaries: Path, public: Path, level: str, recovery: str) -> None:
-    """What ``systemctl kill -s KILL`` does to a unit: nothing is left to unmount, so the
-    mount is dead (ENOTCONN) until the next start, which detaches it and serves again, or
-    until ``hwcaps-fs umount``, which leaves the plain directory."""
+    """What ``systemctl kill -s KILL`` does to a unit (its fusermount3 and the daemon's
+    unmount guard die with it): nothing is left to unmount, so the mount is dead (ENOTCONN)
+    until the next start, which detaches it and serves again, or until ``hwcaps-fs umount``,
+    which leaves the plain directory."""
     store = variant_store(binaries, public / "store", "bin/foo")
     mnt = public / "mnt"
     mnt.mkdir()
@@ -130,7 +132,8 @@ def test_killing_daemon_and_fusermount_together_then_recovering(
         [daemon] = daemon_pids(mnt)
         helpers = _children_named(daemon, "fusermount3")
         assert helpers, "no fusermount3 watching the daemon (auto_unmount)"
-        for pid in (daemon, *helpers):
+        [guard] = _children_named(daemon, GUARD_NAME)
+        for pid in (guard, daemon, *helpers):
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not daemon_pids(mnt), DEADLINE, "the daemon to die")
         with pytest.raises(OSError) as dead:

@@ -52,6 +52,7 @@ from hwcaps_fs.fuse.operations import HwcapsOperations
 from hwcaps_fs.store.scan import scan_fd
 from hwcaps_fs.store.watch import Change, Changes, Watcher, apply_changes, has_variant_link
 from hwcaps_fs.system.bindmount import bind_underlying, unbind
+from hwcaps_fs.system.guard import Guard
 from hwcaps_fs.system.libc import libc
 from hwcaps_fs.system.mountinfo import mounts_at, restrictions
 from hwcaps_fs.system.namespaces import MS_NOEXEC
@@ -357,16 +358,24 @@ def _mounted(paths: MountPaths, ops: HwcapsOperations, root_fd: int) -> Iterator
         options.add("noexec")
     if not paths.config.options.fastpath:
         fastpath.disable()
+    # before /dev/fuse is opened: the guard must not hold it (hwcaps_fs.system.guard)
+    guard = Guard(paths.mountpoint) if paths.config.options.auto_unmount else None
     try:
-        pyfuse3.init(ops, paths.mountpoint, options)
-    except RuntimeError:
-        raise MountError(f"cannot mount {paths.mountpoint}: libfuse refused "
-                         "(its reason is on the line above)") from None
-    try:
-        yield
+        try:
+            pyfuse3.init(ops, paths.mountpoint, options)
+        except RuntimeError:
+            raise MountError(f"cannot mount {paths.mountpoint}: libfuse refused "
+                             "(its reason is on the line above)") from None
+        if guard is not None:
+            guard.mounted(paths.mountpoint)
+        try:
+            yield
+        finally:
+            still_mounted = any(entry.is_view for entry in mounts_at(paths.mountpoint))
+            pyfuse3.close(unmount=still_mounted)
     finally:
-        still_mounted = any(entry.is_view for entry in mounts_at(paths.mountpoint))
-        pyfuse3.close(unmount=still_mounted)
+        if guard is not None:
+            guard.close()
 
 
 def serve(paths: MountPaths, ready: Callable[[Serving], None]) -> None:

@@ -102,15 +102,18 @@ def privileged() -> dict[str, object]:
 
 def usr_bin_daemon() -> int | None:
     """The hwcaps-fs daemon serving /usr/bin: its command line has the hwcaps-fs program,
-    and /usr/bin as ROOT and MOUNTPOINT (fusermount3, its auto_unmount watcher, has not)."""
+    and /usr/bin as ROOT and MOUNTPOINT (fusermount3, its auto_unmount watcher, has not;
+    the daemon's unmount guard has, but its name is ``hwcaps-fs-guard``)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            name = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        if any(arg.endswith("/hwcaps-fs") for arg in argv) and argv.count("/usr/bin") == 2:
+        if (name != "hwcaps-fs-guard" and any(arg.endswith("/hwcaps-fs") for arg in argv)
+                and argv.count("/usr/bin") == 2):
             return int(entry.name)
     return None
 

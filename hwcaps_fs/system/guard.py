@@ -1,0 +1,119 @@
+"""The unmount guard: a mount made with ``auto_unmount`` never outlives its daemon.
+
+fusermount3 (libfuse 3.14) removes an ``auto_unmount`` mount when the daemon's socket closes,
+but only if opening the mountpoint then fails with exactly ENOTCONN. At the daemon's death
+the socket can close before the kernel has released /dev/fuse and aborted the connection:
+fusermount3's open is then queued, ended by the abort with ECONNABORTED, and fusermount3
+decides the file system is alive and exits for good, leaving a dead mount (ENOTCONN) over
+the directory.
+
+So the daemon forks a guard before it mounts, before any thread or event loop (it holds
+neither /dev/fuse nor fusermount3's socket nor the handshake pipe of ``mount``'s parent). The
+guard keeps the read end of a pipe whose write end only the daemon has; after mounting the
+daemon writes its mount's id there. The guard ignores the stop signals (systemd sends them to
+the whole unit) and reads until end of file, i.e. until the daemon has ended, in any way.
+Then, for a bounded time, while that mount is still the topmost one at the mountpoint, it
+does what fusermount3 does and retries where fusermount3 gives up: ENOTCONN detaches the
+mount, ECONNABORTED (the connection is not aborted yet) tries again, a successful open
+means the file system is alive (someone else serves it) and the guard leaves it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import time
+from typing import NoReturn
+
+from hwcaps_fs.system.libc import libc
+from hwcaps_fs.system.mountinfo import mounts_at
+from hwcaps_fs.system.namespaces import detach
+
+#: The guard's process name (``comm``; its command line stays the daemon's).
+NAME = b"hwcaps-fs-guard"
+
+#: How long the guard tries after the daemon ended; past it the kernel kills the guard
+#: (SIGALRM), even in an open the kernel keeps waiting for.
+GUARD_SECONDS = 5
+
+#: Between two tries while the connection is not aborted yet.
+RETRY_SECONDS = 0.02
+
+PR_SET_NAME = 15
+
+class Guard:
+    """The daemon's end of the guard: :meth:`mounted` once the mount is made, :meth:`close`
+    when the daemon is done with it (its death does the same)."""
+
+    def __init__(self, mountpoint: str) -> None:
+        self._fd: int | None = start(mountpoint)
+
+    def mounted(self, mountpoint: str) -> None:
+        """Tell the guard which mount is ours: the topmost one at ``mountpoint``."""
+        entries = mounts_at(mountpoint)
+        if self._fd is not None and entries:
+            os.write(self._fd, b"%d\n" % entries[-1].mount_id)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def start(mountpoint: str) -> int:
+    """Fork the guard of ``mountpoint``; the write end of its pipe (close-on-exec)."""
+    reader, writer = os.pipe()
+    if os.fork() == 0:
+        _guard(reader, mountpoint)
+    os.close(reader)
+    return writer
+
+
+def _guard(reader: int, mountpoint: str) -> NoReturn:
+    """The guard process: nothing it does may reach the daemon's stdio, logs or locks."""
+    try:
+        name = ctypes.create_string_buffer(NAME)
+        libc.prctl(PR_SET_NAME, ctypes.addressof(name), 0, 0, 0)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.dup2(reader, 3)
+        os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+        mount_id = _wait_for_daemon(3)
+        if mount_id is not None:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(GUARD_SECONDS)
+            _unmount_if_dead(mountpoint, mount_id)
+    finally:
+        os._exit(0)
+
+
+def _wait_for_daemon(reader: int) -> int | None:
+    """Read until the daemon has ended; the id of its mount, if it made one."""
+    said = b""
+    while chunk := os.read(reader, 64):
+        said += chunk
+    words = said.split()
+    return int(words[-1]) if words else None
+
+
+def _unmount_if_dead(mountpoint: str, mount_id: int) -> None:
+    deadline = time.monotonic() + GUARD_SECONDS
+    while time.monotonic() < deadline:
+        entries = mounts_at(mountpoint)
+        if not entries or entries[-1].mount_id != mount_id:
+            return  # unmounted (cleanly, or by fusermount3), or covered by another mount
+        try:
+            os.close(os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY))
+            return  # alive: served by someone else
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                detach(mountpoint)
+                return
+            if exc.errno != errno.ECONNABORTED:  # the connection is not aborted yet
+                return
+        time.sleep(RETRY_SECONDS)
