@@ -133,7 +133,7 @@ def test_killing_daemon_and_fusermount_together_then_recovering(
         helpers = _children_named(daemon, "fusermount3")
         assert helpers, "no fusermount3 watching the daemon (auto_unmount)"
         [guard] = _children_named(daemon, GUARD_NAME)
-        for pid in (guard, daemon, *helpers):
+        for pid in (guard, *helpers, daemon):  # the watchers first: none may see it die
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not daemon_pids(mnt), DEADLINE, "the daemon to die")
         with pytest.raises(OSError) as dead:
