@@ -25,6 +25,13 @@ PRINT_LEVEL = r"""
 int main(void) { puts("%s"); return 0; }
 """
 
+# A setuid test program: prints the effective user id it runs with.
+PRINT_EUID = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("euid=%d\n", (int)geteuid()); return 0; }
+"""
+
 
 def gcc_available() -> bool:
     return shutil.which("gcc") is not None

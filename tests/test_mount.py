@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
-from tests.builders import compile_c, compile_level, install
+from tests.builders import PRINT_EUID, compile_c, compile_level, install
 from tests.mounting import (
     DEADLINE,
     cleanup,
@@ -32,12 +32,6 @@ from tests.mounting import (
 pytestmark = [pytest.mark.mount, pytest.mark.usefixtures("fuse_ok")]
 
 VARIANTS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
-
-PRINT_EUID = r"""
-#include <stdio.h>
-#include <unistd.h>
-int main(void) { printf("euid=%d\n", (int)geteuid()); return 0; }
-"""
 
 PRINT_CAPEFF = r"""
 #include <stdio.h>

@@ -22,7 +22,7 @@ import pytest
 
 from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
 from hwcaps_fs.system.mountinfo import mounts_at
-from tests.builders import compile_c, variant_store
+from tests.builders import PRINT_EUID, compile_c, variant_store
 from tests.mounting import (
     DEADLINE,
     ENVIRONMENT,
@@ -37,12 +37,6 @@ from tests.test_mount_faults import slow_store
 from tests.users import User
 
 pytestmark = [pytest.mark.mount, pytest.mark.usefixtures("fuse_ok")]
-
-PRINT_EUID = r"""
-#include <stdio.h>
-#include <unistd.h>
-int main(void) { printf("euid=%d\n", (int)geteuid()); return 0; }
-"""
 
 
 def setuid_program(binaries: Path, path: Path) -> Path:

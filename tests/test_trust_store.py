@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import compile_c, compile_level, install, variant_store
+from tests.builders import PRINT_EUID, compile_c, compile_level, install, variant_store
 from tests.mounting import (
     DEADLINE,
     ENVIRONMENT,
@@ -38,12 +38,6 @@ from tests.test_run import WITHOUT_FUSE
 from tests.users import User
 
 pytestmark = [pytest.mark.mount, pytest.mark.usefixtures("fuse_ok")]
-
-PRINT_EUID = r"""
-#include <stdio.h>
-#include <unistd.h>
-int main(void) { printf("euid=%d\n", (int)geteuid()); return 0; }
-"""
 
 
 def output(*command: str | Path) -> subprocess.CompletedProcess[str]:
