@@ -14,7 +14,7 @@ DEMO ?= /var/tmp/hwcaps-fs-demo
 LEVELS := x86-64 x86-64-v2 x86-64-v3 x86-64-v4
 DEMO_CFLAGS := -O3 -ffast-math -mneeded
 
-.PHONY: deps apt venv demo demo-store test lint unit quick clean bench soak man completion
+.PHONY: deps apt apt-test venv demo demo-store test lint unit quick clean bench soak man completion
 
 deps: apt venv
 
@@ -24,13 +24,22 @@ quietly = log=$$(mktemp); if ( $(1) ) >"$$log" 2>&1; then rm -f "$$log"; \
     else status=$$?; cat "$$log" >&2; rm -f "$$log"; exit $$status; fi
 
 # Install the Debian packages only when one is missing, so a second run needs no network.
+apt_install = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+    | grep -q 'install ok installed' || echo $$p; done); \
+    if [ -n "$$missing" ]; then \
+        echo "installing Debian packages:" $$missing; \
+        $(call quietly,apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing); \
+    fi
+
 apt:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
-	    | grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	    echo "installing Debian packages:" $$missing; \
-	    $(call quietly,apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing); \
-	fi
+	@$(call apt_install,$(APT_PACKAGES))
+
+# What only some tests use: setfacl (ACL cases of the trust rules) and Debian's own pyfuse3 and
+# trio (the daemon run on them, tests/test_fastpath.py). Without them those tests skip.
+APT_TEST_PACKAGES := acl python3-pyfuse3 python3-trio
+
+apt-test: apt
+	@$(call apt_install,$(APT_TEST_PACKAGES))
 
 venv: $(BIN)/hwcaps-fs
 
@@ -87,7 +96,7 @@ unit: venv
 quick: venv
 	$(BIN)/python -m pytest -q -m 'not mount'
 
-test: deps lint unit
+test: deps apt-test lint unit
 
 clean:
 	-$(BIN)/hwcaps-fs umount $(DEMO)/mnt 2>/dev/null
