@@ -256,6 +256,35 @@ def test_live_updates_without_a_failed_exec(binaries: Path, tmp_path: Path, leve
 
 
 @pytest.mark.usefixtures("both_exec_paths")
+def test_a_listed_name_replaced_before_its_first_read_fails_no_exec(
+        binaries: Path, tmp_path: Path, level: str) -> None:
+    """A listing hands the kernel the entries of a directory (READDIRPLUS): a name listed,
+    then renamed over in the store and executed at once, before the daemon has followed the
+    change, runs the old file or the new one, never fails (with the fast path no OPEN
+    reaches the daemon, and the first READ asked for a file no longer there: EIO)."""
+    if level == "x86-64":
+        pytest.skip("this CPU serves no variant to replace")
+    names = [f"bin/name{i}" for i in range(6)]
+    store = tmp_path / "store"
+    for name in names:
+        make_store(binaries, store, name)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    new = compile_level(binaries, level, text="new")
+    with mounted(store, mnt):
+        assert sorted(os.listdir(mnt / "bin")) == sorted(Path(name).name for name in names)
+        for name in names:
+            served = variant_path(store, level, name)
+            install(new, served.with_name(".new")).rename(served)
+            result = subprocess.run([mnt / name], capture_output=True, text=True,
+                                    timeout=DEADLINE, check=False)
+            assert (result.returncode, result.stderr) == (0, ""), (name, result)
+            assert result.stdout.strip() in (level, "new")
+        wait_until(lambda: all(run(mnt / name) == "new" for name in names), DEADLINE,
+                   "the view to serve the new files")
+
+
+@pytest.mark.usefixtures("both_exec_paths")
 def test_removing_the_served_variant_fails_no_exec(binaries: Path, tmp_path: Path,
                                                    level: str) -> None:
     """Until the daemon follows a change, the view serves what it scanned: a variant removed

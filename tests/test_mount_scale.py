@@ -127,3 +127,34 @@ def test_warnings_are_remembered_only_while_their_name_exists(binaries: Path,
         come_and_go(1)
         come_and_go(2)
         assert logged() == 2, mount.log_text()
+
+
+@pytest.mark.usefixtures("both_exec_paths")
+def test_a_name_closed_for_the_budget_then_replaced_fails_no_exec(binaries: Path,
+                                                                  public: Path) -> None:
+    """A name the kernel knows whose backing file was closed to stay within the budget, then
+    renamed over in the store and executed while the daemon is still gathering the changes of
+    a burst, runs the old file or the new one, never fails: the daemon drops the kernel's
+    entry of such a name as soon as it notices the change (with the fast path nothing else
+    would reach it before the first READ, which would find the file gone)."""
+    store = store_of(binaries, public / "store", 40)
+    (store / "glibc-hwcaps/x86-64-v9").mkdir(parents=True)
+    mnt = public / "mnt"
+    mnt.mkdir()
+    new = compile_level(binaries, "baseline", text="new")
+    limit = ("prlimit", "--nofile=64:64", "--")  # a budget of 32 backing files
+    with mounted(store, mnt, prefix=limit):
+        names = [mnt / "bin" / f"name{i:06d}" for i in range(40)]
+        for path in names:
+            path.stat()  # looked up, so opened: the first ones are closed again
+        replaced = store / "bin" / names[0].name
+        install(new, replaced.with_name(".new")).rename(replaced)
+        start = time.monotonic()
+        while time.monotonic() - start < 0.1:  # a burst: the daemon keeps gathering it
+            (store / "glibc-hwcaps/x86-64-v9/busy").write_bytes(b"")
+            time.sleep(0.01)
+        result = subprocess.run([names[0]], capture_output=True, text=True, timeout=DEADLINE,
+                                check=False)
+        assert (result.returncode, result.stderr) == (0, ""), result
+        assert result.stdout.strip() in ("baseline", "new")
+        wait_until(lambda: run_all(names[:1]) == ["new"], DEADLINE, "the new file")

@@ -8,7 +8,7 @@ manager upgrading or uninstalling while a process execs). Holding the file open 
 that possible: the descriptor still reaches the old content.
 
 So a descriptor is opened when the kernel first learns an inode (:meth:`BackingFiles.ensure`,
-called from ``lookup`` and ``open``), and kept while the kernel may read it, within a fixed
+from ``lookup``, ``readdir`` and ``open``), and kept while the kernel may read it, within a fixed
 budget (:func:`descriptor_budget`): beyond it the least recently used descriptor is closed and
 opened again on its next read, so that a store of any size is served with about a thousand
 descriptors and EMFILE never reaches a caller. A file that cannot be opened as the one scanned
@@ -24,11 +24,13 @@ be corruption.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 
 from hwcaps_fs.core.model import Candidate
 from hwcaps_fs.store.fds import open_beneath
@@ -106,6 +108,13 @@ class BackingFiles:
         """Have ``candidate``'s file open for ``inode``; :class:`ReplacedError` if another
         file is there now, OSError if it cannot be opened."""
         self._release(self._acquire(inode, candidate))
+
+    def ensure_all(self, files: Iterable[tuple[int, Candidate]]) -> None:
+        """:meth:`ensure` each ``(inode, candidate)``, skipping those that cannot be opened
+        as the file scanned (they stay closed: :meth:`is_open` tells)."""
+        for inode, candidate in files:
+            with contextlib.suppress(OSError):
+                self.ensure(inode, candidate)
 
     def pread(self, inode: int, candidate: Candidate, offset: int, size: int) -> bytes:
         fd = self._acquire(inode, candidate)

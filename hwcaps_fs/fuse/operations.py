@@ -8,9 +8,9 @@ the symlink presentation), so they are written to the floor of stock pyfuse3 (do
 * ``open`` returns a prebuilt FileInfo with ``keep_cache``; the file handle is the inode
   number itself, since pyfuse3's ``read`` only gets the handle (and with the kernel's no-open
   mode ``read`` gets the inode without any ``open``);
-* the backing file is opened when the kernel learns the inode (``lookup``), so that a file
-  renamed over or removed afterwards still serves the bytes the inode stands for; one that is
-  already another file then makes the name rescanned and looked up afresh
+* the backing file is opened when the kernel learns the inode (``lookup``, ``readdir``), so
+  that a file renamed over or removed afterwards still serves the bytes the inode stands for;
+  one that is already another file then makes the name rescanned and looked up afresh
   (:meth:`HwcapsOperations._backed`): an exec sees the old file or the new one, never an error;
 * ``release`` returns at once and ``flush`` declines for good (ENOSYS): both sit on the exec path;
 * the mount is nosuid, so the kernel never asks ``security.capability`` at exec; extended
@@ -32,8 +32,9 @@ import errno
 import functools
 import logging
 import os
+import posixpath
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -65,6 +66,10 @@ CACHE_TIMEOUT = 86400.0
 #: system must not hold up the name's lookup (and with it the listing of its directory).
 OPEN_WAIT = 0.5
 
+#: How many backing files a listing opens in one go (a READDIRPLUS reply holds about 200
+#: entries here; the kernel does not say how many in advance).
+PIN_BATCH = 128
+
 #: How many times a lookup rescans a name whose file keeps being replaced under it before it
 #: answers what it has (the next read then reports the error).
 REFRESH_TRIES = 3
@@ -92,12 +97,14 @@ def guarded(
     return guarded
 
 
-def entry_attributes(attributes: Attributes) -> pyfuse3.EntryAttributes:
-    """The pyfuse3 reply for ``attributes``, with the long cache timeouts."""
+def entry_attributes(attributes: Attributes,
+                     entry_timeout: float = CACHE_TIMEOUT) -> pyfuse3.EntryAttributes:
+    """The pyfuse3 reply for ``attributes``, with the long cache timeouts (or none for the
+    entry: the kernel then looks the name up before using it)."""
     entry = pyfuse3.EntryAttributes()
     entry.st_ino = attributes.ino
     entry.generation = 0
-    entry.entry_timeout = CACHE_TIMEOUT
+    entry.entry_timeout = entry_timeout
     entry.attr_timeout = CACHE_TIMEOUT
     entry.st_mode = attributes.mode
     entry.st_nlink = attributes.nlink
@@ -120,12 +127,17 @@ class Reply:
     node: Node
     entry: pyfuse3.EntryAttributes
     file_info: pyfuse3.FileInfo | None
+    #: What a listing hands out while the backing file is not open: the attributes, but an
+    #: entry the kernel must look up again before using it (the lookup opens the file).
+    listed: pyfuse3.EntryAttributes
 
     @classmethod
     def of(cls, node: Node) -> Reply:
         is_file = node.served is not None and node.link_target is None
         file_info = pyfuse3.FileInfo(fh=node.inode, keep_cache=True) if is_file else None
-        return cls(node, entry_attributes(node.attributes), file_info)
+        entry = entry_attributes(node.attributes)
+        listed = entry_attributes(node.attributes, entry_timeout=0.0) if is_file else entry
+        return cls(node, entry, file_info, listed)
 
 
 _NO_CHILDREN: Mapping[bytes, int] = {}
@@ -189,6 +201,22 @@ class HwcapsOperations(pyfuse3.Operations):
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
         for inode in update.changed:
             await trio.to_thread.run_sync(_invalidate_directory, inode)
+
+    def forget_unopened(self, relpaths: Iterable[str]) -> None:
+        """Make the kernel forget the entries of the view paths ``relpaths`` whose backing
+        files are not open (never opened, or closed to stay within the budget): the store
+        changed there and the view does not show it yet. Their next use is then a lookup,
+        which opens the file or finds it replaced; a READ through the cached entry, which
+        with the fast path nothing would precede, could find the file gone."""
+        view = self._view
+        for relpath in relpaths:
+            directory, name = posixpath.split(relpath)
+            parent = view.directories.get(directory)
+            if parent is None:
+                continue
+            inode = view.children.get(parent, _NO_CHILDREN).get(os.fsencode(name))
+            if inode is not None and not self._backing.is_open(inode):
+                pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
 
     async def _discard(self, inodes: list[int]) -> None:
         if inodes:
@@ -321,16 +349,45 @@ class HwcapsOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # The handle is the directory's inode: no state per open, since the fast path lets
         # the kernel keep the listing across opens (hwcaps_fs.fastpath).
-        listing = self._view.listing.get(fh, ())
+        view = self._view
+        listing = view.listing.get(fh, ())
+        pinned = start_id
         for index in range(start_id, len(listing)):
             name, inode = listing[index]
+            if index >= pinned:
+                pinned = index + PIN_BATCH
+                await self._pin(listing[index:pinned])
+                if self._view is not view:  # an update came meanwhile: list the new view
+                    view = self._view
+                    listing = view.listing.get(fh, ())
+                    if index >= len(listing):
+                        break
+                    name, inode = listing[index]
             try:
                 reply = self._reply(inode)
             except pyfuse3.FUSEError:
                 continue
-            if not pyfuse3.readdir_reply(token, name, reply.entry, index + 1):
+            entry = reply.entry if self._backing.is_open(inode) else reply.listed
+            if not pyfuse3.readdir_reply(token, name, entry, index + 1):
                 break
             self._lookups[inode] += 1
+
+    async def _pin(self, listing: Sequence[tuple[bytes, int]]) -> None:
+        """Have the backing files of the files in ``listing`` open, as a lookup would (in one
+        thread, waited for at most :data:`OPEN_WAIT`). A listing hands the kernel entries it
+        uses without asking (READDIRPLUS): with the fast path no OPEN follows, so a file
+        renamed over before the daemon follows would be gone at the first READ (EIO). A file
+        that cannot be opened as the one scanned is listed with an entry the kernel looks up
+        before using it (the lookup rescans it), as is one whose open is still going on."""
+        files = []
+        for _name, inode in listing:
+            node = self._view.nodes.get(inode)
+            if node is None or node.served is None or node.link_target is not None:
+                continue  # gone meanwhile, a directory, a symlink
+            if not self._backing.is_open(inode):
+                files.append((inode, node.served))
+        if files:
+            await _within(OPEN_WAIT, functools.partial(self._backing.ensure_all, files))
 
     async def releasedir(self, fh: int) -> None:
         return None

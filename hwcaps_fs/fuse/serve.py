@@ -32,7 +32,7 @@ import trio
 
 from hwcaps_fs.core.level_views import level_views
 from hwcaps_fs.core.loader_links import redirect_loader_links
-from hwcaps_fs.core.model import Store, tree_roots
+from hwcaps_fs.core.model import Store, locate, tree_roots
 from hwcaps_fs.core.resolve import Resolution, Target, resolve, resolve_store
 from hwcaps_fs.core.view import (
     InodeNumbers,
@@ -291,9 +291,19 @@ class _Updates:
 
     async def follow(self) -> None:
         while True:
-            changes = await self._watcher.next_changes()
+            changes = await self._watcher.next_changes(noticed=self._noticed)
             if changes.changes or changes.overflow:
                 await self.apply(changes)
+
+    def _noticed(self, changes: Changes) -> None:
+        """Changes seen, not applied yet (a burst is gathered first): the kernel forgets the
+        names they touch whose files the daemon does not hold open, so that the next use
+        looks them up (and a lookup of a replaced file rescans it) rather than reads a file
+        that may be gone."""
+        store = self.daemon.store
+        located = (locate(store, change.path) for change in changes.changes
+                   if not change.is_dir)
+        self._ops.forget_unopened({where[1] for where in located if where is not None})
 
     async def on_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                          ) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import posixpath
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -230,20 +230,26 @@ class Watcher:
                 return events
             events += decode_events(data)
 
-    async def next_changes(self, settle: float = 0.05, limit: float = 0.5) -> Changes:
+    async def next_changes(self, settle: float = 0.05, limit: float = 0.5,
+                           noticed: Callable[[Changes], None] = lambda changes: None,
+                           ) -> Changes:
         """Wait for changes, then gather more until none came for ``settle`` seconds (a
-        package manager writes, then renames) or ``limit`` seconds passed."""
+        package manager writes, then renames) or ``limit`` seconds passed. ``noticed`` gets
+        the changes of each read as they come, before the batch is complete."""
         events: list[Event] = []
         while not events:
             await trio.lowlevel.wait_readable(self._fd)
             events = self._read()
+        noticed(changes_of(events, self._directories))
         with trio.move_on_after(limit):
             while True:
                 with trio.move_on_after(settle) as quiet:
                     await trio.lowlevel.wait_readable(self._fd)
                 if quiet.cancelled_caught:
                     break
-                events += self._read()
+                more = self._read()
+                noticed(changes_of(more, self._directories))
+                events += more
         return changes_of(events, self._directories)
 
     def close(self) -> None:
