@@ -116,3 +116,24 @@ def test_loader_links_into_a_directory_a_user_can_change_is_refused(binaries: Pa
         assert not is_fuse_mounted(usr / "bin")
     missing = mount_command("mount", "-o", f"loader_links={public}/nothing", str(usr / "bin"))
     assert_one_line_error(missing, 3)
+
+
+def test_the_levels_view_leads_loader_links_to_each_level(binaries: Path, public: Path) -> None:
+    """With ``-o levels_view`` on both views, a link to the loader under
+    ``.hwcaps/<level>/`` leads to that level's build in the view of ``/usr/hwcaps``, not to
+    the loader (which picks by CPUID) nor to this CPU's build."""
+    usr = solus_system(binaries, public / "store" / "usr")
+    view = public / "mnt"
+    view.mkdir()
+    with mounted(usr / "hwcaps", view, "--layout", "loader", "-o", "levels_view"), \
+            mounted(usr / "bin", usr / "bin", "-o", f"loader_links={view}/bin,levels_view"):
+        levels = sorted(os.listdir(usr / "bin/.hwcaps"), key=X86_64.rank)
+        assert len(levels) > 1
+        for level in levels:
+            built = min(level, "x86-64-v3", key=X86_64.rank)
+            expected = "x86-64-v1" if X86_64.rank(built) == 0 else built
+            for name in ("foo", "bar"):
+                link = usr / "bin/.hwcaps" / level / name
+                assert os.readlink(link) == f"{view}/.hwcaps/{level}/bin/{name}"
+                assert run(link) == expected
+            assert run(usr / "bin/.hwcaps" / level / "plain") == "plain"

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+from hwcaps_fs.core.level_views import LEVELS_DIR
 from hwcaps_fs.core.resolve import Resolution
 
 #: The file name that marks a link as one to the loader (any directory: ``hwcaps-loader``,
@@ -29,16 +30,35 @@ def is_loader_link(target: str) -> bool:
     return posixpath.basename(target.rstrip("/")) == LOADER_NAME
 
 
-def redirect_loader_links(resolutions: Iterable[Resolution], directory: str) -> list[Resolution]:
+def redirect_loader_links(resolutions: Iterable[Resolution],
+                          target: Callable[[str], str]) -> list[Resolution]:
     """``resolutions`` with every served baseline symlink to the loader pointing at
-    ``directory/<relpath>`` instead (the loader itself, a file, is left as it is)."""
+    ``target(relpath)`` instead (the loader itself, a file, is left as it is)."""
     redirected = []
     for resolution in resolutions:
         served = resolution.served
         link = served.verbatim_link if served is not None else None
         if served is not None and link is not None and is_loader_link(link):
-            target = posixpath.join(directory, resolution.relpath)
-            resolution = dataclasses.replace(
-                resolution, served=dataclasses.replace(served, link_target=target))
+            resolution = dataclasses.replace(resolution, served=dataclasses.replace(
+                served, link_target=target(resolution.relpath)))
         redirected.append(resolution)
     return redirected
+
+
+def into(directory: str) -> Callable[[str], str]:
+    """The targets of the view's own names: ``directory/<relpath>``."""
+    return lambda relpath: posixpath.join(directory, relpath)
+
+
+def into_levels(view_root: str, directory: str) -> Callable[[str], str]:
+    """The targets of the names of ``.hwcaps/<level>/`` (``-o levels_view``): the same name
+    in the levels view of the view of ``/usr/hwcaps`` that ``directory`` is in, mounted at
+    ``view_root`` (with ``-o levels_view`` too): what a CPU at that level is served there.
+    The loader picks by CPUID, and ``directory`` serves this CPU's build."""
+    below = posixpath.relpath(directory, view_root)
+
+    def target(relpath: str) -> str:
+        _levels, level, name = relpath.split("/", 2)
+        return posixpath.normpath(posixpath.join(view_root, LEVELS_DIR, level, below, name))
+
+    return target

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 import pyfuse3
 import trio
 
-from hwcaps_fs.core.level_views import level_views
-from hwcaps_fs.core.loader_links import redirect_loader_links
+from hwcaps_fs.core.level_views import LEVELS_DIR, level_views
+from hwcaps_fs.core.loader_links import into, into_levels, redirect_loader_links
 from hwcaps_fs.core.model import Store, locate, tree_roots
 from hwcaps_fs.core.resolve import Resolution, Target, resolve, resolve_store
 from hwcaps_fs.core.view import (
@@ -54,7 +54,7 @@ from hwcaps_fs.store.watch import Change, Changes, Watcher, apply_changes, has_v
 from hwcaps_fs.system.bindmount import bind_underlying, unbind
 from hwcaps_fs.system.guard import Guard
 from hwcaps_fs.system.libc import libc
-from hwcaps_fs.system.mountinfo import mounts_at, restrictions
+from hwcaps_fs.system.mountinfo import mounts_at, restrictions, view_containing
 from hwcaps_fs.system.namespaces import MS_NOEXEC
 from hwcaps_fs.system.preflight import MountPaths
 
@@ -131,6 +131,8 @@ class _Daemon:
     skips: dict[str, tuple[str, ...]] = field(default_factory=dict)
     links: set[str] = field(default_factory=set)
     current: View | None = None
+    #: With ``loader_links`` and ``levels_view``: the mountpoint of the view DIR is in.
+    loader_view: str | None = None
 
     def serving(self) -> Serving:
         return Serving(self.paths.root, self.paths.mountpoint, self.detection.level,
@@ -145,12 +147,16 @@ class _Daemon:
         options = self.paths.config.options
         store, served = self.store, list(resolutions.values())
         if options.loader_links is not None:
-            served = redirect_loader_links(served, options.loader_links)
+            served = redirect_loader_links(served, into(options.loader_links))
         if options.levels_view:
             extra = level_views(self.store, self.target)
             self.warn_once([extra.warning] if extra.warning else [])
             store = dataclasses.replace(store, dirs={**store.dirs, **extra.dirs})
-            served += extra.resolutions
+            levels = list(extra.resolutions)
+            if options.loader_links is not None and self.loader_view is not None:
+                levels = redirect_loader_links(levels, into_levels(self.loader_view,
+                                                                   options.loader_links))
+            served += levels
         self.current = build_view(store, served, presentation=options.presentation,
                                   link_base=self.link_base, numbers=self.numbers)
         return self.current
@@ -244,6 +250,12 @@ def _prepare(paths: MountPaths, root_fd: int) -> _Daemon:
         link_base = bind_underlying(root_fd, paths.mountpoint) if is_root else None
     daemon = _Daemon(paths, root_fd, detection, target, store, link_base)
     daemon.warn_once(store.warnings)
+    if options.loader_links is not None and options.levels_view:
+        daemon.loader_view = view_containing(options.loader_links)
+        if daemon.loader_view is None:
+            log.warning("loader_links %s is in no hwcaps-fs view: the links to hwcaps-loader "
+                        "under %s/ run the loader, which picks by CPUID, not by level",
+                        options.loader_links, LEVELS_DIR)
     if _on_fuse(root_fd):
         log.warning("ROOT %s is on a FUSE file system, which reports no changes: the view "
                     "follows it only when told (kill -HUP the daemon, or systemctl reload)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 
 from hwcaps_fs.core.mount_options import DEFAULT_SUBTYPE
@@ -68,6 +69,19 @@ def _mount_table() -> list[MountEntry]:
 def mounts_at(path: str) -> list[MountEntry]:
     """The mounts whose mountpoint is exactly ``path`` (absolute, not resolved), bottom first."""
     return [entry for entry in _mount_table() if entry.mountpoint == path]
+
+
+def view_containing(path: str) -> str | None:
+    """The mountpoint of the hwcaps-fs view ``path`` (absolute, normalised) is in: the
+    topmost mount at ``path`` or the nearest directory above it, if it is a view; else None."""
+    table = _mount_table()
+    while True:
+        found = [entry for entry in table if entry.mountpoint == path]
+        if found:
+            return path if found[-1].is_view else None
+        if path == "/":
+            return None
+        path = posixpath.dirname(path)
 
 
 def restrictions(fd: int) -> int:
