@@ -77,9 +77,11 @@ def _checked(fd: int, candidate: Candidate) -> int:
     return fd
 
 
-def open_candidate(root_fd: int, candidate: Candidate) -> int:
-    """An fd of ``candidate``'s source; :class:`ReplacedError` if it is another file now."""
-    return _checked(open_beneath(root_fd, candidate.source), candidate)
+def open_candidate(root_fd: int, candidate: Candidate,
+                   directories: dict[str, int] | None = None) -> int:
+    """An fd of ``candidate``'s source; :class:`ReplacedError` if it is another file now
+    (``directories``: as :func:`~hwcaps_fs.store.fds.open_beneath` takes them)."""
+    return _checked(open_beneath(root_fd, candidate.source, directories), candidate)
 
 
 class BackingFiles:
@@ -111,10 +113,16 @@ class BackingFiles:
 
     def ensure_all(self, files: Iterable[tuple[int, Candidate]]) -> None:
         """:meth:`ensure` each ``(inode, candidate)``, skipping those that cannot be opened
-        as the file scanned (they stay closed: :meth:`is_open` tells)."""
-        for inode, candidate in files:
-            with contextlib.suppress(OSError):
-                self.ensure(inode, candidate)
+        as the file scanned (they stay closed: :meth:`is_open` tells); each directory is
+        opened once."""
+        directories: dict[str, int] = {}
+        try:
+            for inode, candidate in files:
+                with contextlib.suppress(OSError):
+                    self._release(self._acquire(inode, candidate, directories))
+        finally:
+            for fd in directories.values():
+                os.close(fd)
 
     def pread(self, inode: int, candidate: Candidate, offset: int, size: int) -> bytes:
         fd = self._acquire(inode, candidate)
@@ -123,14 +131,15 @@ class BackingFiles:
         finally:
             self._release(fd)
 
-    def _acquire(self, inode: int, candidate: Candidate) -> int:
+    def _acquire(self, inode: int, candidate: Candidate,
+                 directories: dict[str, int] | None = None) -> int:
         with self._lock:
             fd = self._fds.get(inode)
             if fd is not None:
                 self._fds.move_to_end(inode)
                 self._busy[fd] += 1
                 return fd
-        fd = self._open(candidate)
+        fd = self._open(candidate, directories)
         with self._lock:
             kept = self._fds.setdefault(inode, fd)
             self._fds.move_to_end(inode)
@@ -176,16 +185,16 @@ class BackingFiles:
             self._evicted.remove(fd)
         os.close(fd)
 
-    def _open(self, candidate: Candidate) -> int:
+    def _open(self, candidate: Candidate, directories: dict[str, int] | None) -> int:
         """Open ``candidate``; on EMFILE or ENFILE, close half the open files and retry once
         (another part of the daemon may be holding many descriptors for a moment)."""
         try:
-            return open_candidate(self._root_fd, candidate)
+            return open_candidate(self._root_fd, candidate, directories)
         except OSError as exc:
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
         self._evict(len(self._fds) // 2 + 1)
-        return open_candidate(self._root_fd, candidate)
+        return open_candidate(self._root_fd, candidate, directories)
 
     def _evict(self, count: int) -> None:
         """Close the ``count`` least recently used descriptors."""

@@ -127,17 +127,18 @@ class Reply:
     node: Node
     entry: pyfuse3.EntryAttributes
     file_info: pyfuse3.FileInfo | None
-    #: What a listing hands out while the backing file is not open: the attributes, but an
-    #: entry the kernel must look up again before using it (the lookup opens the file).
-    listed: pyfuse3.EntryAttributes
 
     @classmethod
     def of(cls, node: Node) -> Reply:
         is_file = node.served is not None and node.link_target is None
         file_info = pyfuse3.FileInfo(fh=node.inode, keep_cache=True) if is_file else None
-        entry = entry_attributes(node.attributes)
-        listed = entry_attributes(node.attributes, entry_timeout=0.0) if is_file else entry
-        return cls(node, entry, file_info, listed)
+        return cls(node, entry_attributes(node.attributes), file_info)
+
+    @functools.cached_property
+    def unopened(self) -> pyfuse3.EntryAttributes:
+        """What a listing hands out for a file whose backing file is not open: the
+        attributes, but an entry the kernel looks up before using it (the lookup opens it)."""
+        return entry_attributes(self.node.attributes, entry_timeout=0.0)
 
 
 _NO_CHILDREN: Mapping[bytes, int] = {}
@@ -367,7 +368,8 @@ class HwcapsOperations(pyfuse3.Operations):
                 reply = self._reply(inode)
             except pyfuse3.FUSEError:
                 continue
-            entry = reply.entry if self._backing.is_open(inode) else reply.listed
+            opened = reply.file_info is None or self._backing.is_open(inode)
+            entry = reply.entry if opened else reply.unopened
             if not pyfuse3.readdir_reply(token, name, entry, index + 1):
                 break
             self._lookups[inode] += 1

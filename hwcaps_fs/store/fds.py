@@ -35,12 +35,19 @@ def open_dir_beneath(root_fd: int, reldir: str) -> int:
     return fd
 
 
-def open_beneath(root_fd: int, relpath: str) -> int:
+def open_beneath(root_fd: int, relpath: str, directories: dict[str, int] | None = None) -> int:
     """Open ``relpath`` (ROOT-relative, already free of symlinks) read-only from ``root_fd``,
-    refusing symlinks and ``..`` at every step."""
+    refusing symlinks and ``..`` at every step. With ``directories`` (ROOT-relative path →
+    fd, the caller's to close), the directory is taken from there or opened into it: many
+    files of one directory are opened with one open each."""
     reldir, name = posixpath.split(relpath)
     if name in ("", ".", ".."):
         raise OSError(errno.EINVAL, f"not a path inside the store: {relpath}")
+    if directories is not None:
+        dir_fd = directories.get(reldir)
+        if dir_fd is None:
+            dir_fd = directories[reldir] = open_dir_beneath(root_fd, reldir)
+        return os.open(name, OPEN_FILE_FLAGS, dir_fd=dir_fd)
     dir_fd = open_dir_beneath(root_fd, reldir)
     try:
         return os.open(name, OPEN_FILE_FLAGS, dir_fd=dir_fd)
