@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import signal
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -64,6 +65,12 @@ log = logging.getLogger(__name__)
 #: 1 MiB (libfuse's largest) instead of 128 KiB, several in flight, so that the daemon serves
 #: the next while the reader copies the last (a cold 100 MB read: 8 times fewer requests).
 READ_AHEAD_KB = 4096
+
+#: How long a thread holds the GIL while another waits for it, in seconds (Python's default
+#: is 0.005). Updates are pure Python in a worker thread; every request the event loop serves
+#: meanwhile waits for the GIL, several times over: a lookup during the rebuilds of a
+#: 15,000-name store waited 16 ms at p90 with the default, 4 ms with this.
+SWITCH_INTERVAL = 0.0005
 
 #: statfs' f_type of a FUSE file system (no inotify events for changes made behind it).
 FUSE_SUPER_MAGIC = 0x65735546
@@ -405,6 +412,7 @@ def serve(paths: MountPaths, ready: Callable[[Serving], None]) -> None:
     the mount serves, with what it serves."""
     os.chdir("/")
     raise_file_limit()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     root_fd = _open_root(paths.root)
     daemon: _Daemon | None = None
     try:
