@@ -17,10 +17,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from hwcaps_fs import __version__
-from hwcaps_fs.commands import report
-from hwcaps_fs.commands.check import Severity, check
-from hwcaps_fs.commands.compare import Settings, run_compare
-from hwcaps_fs.commands.names import view_relpath
+from hwcaps_fs.commands.compare_settings import Settings
 from hwcaps_fs.core.model import Layout, Store
 from hwcaps_fs.core.mount_options import ALWAYS, DOCUMENTED
 from hwcaps_fs.core.resolve import resolve
@@ -312,7 +309,13 @@ def _layout(value: str | None) -> Layout | None:
     return Layout(value) if value else None
 
 
+# Each command imports its own modules when it runs: ``mount`` is on the boot path, and
+# what only ``compare`` or ``check`` needs would cost it time and the daemon memory.
+
+
 def _run_levels(args: argparse.Namespace) -> int:
+    from hwcaps_fs.commands import report
+
     detection = detect(detect_options(args))
     report.emit(report.levels(detection), args.json)
     return 0
@@ -323,6 +326,9 @@ def _scan(args: argparse.Namespace, detection: Detection) -> Store:
 
 
 def _run_which(args: argparse.Namespace) -> int:
+    from hwcaps_fs.commands import report
+    from hwcaps_fs.commands.names import view_relpath
+
     detection = detect(detect_options(args))
     store = _scan(args, detection)
     relpath = view_relpath(store, args.relpath)
@@ -333,6 +339,9 @@ def _run_which(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    from hwcaps_fs.commands import report
+    from hwcaps_fs.commands.check import Severity, check
+
     detection = detect(detect_options(args))
     store = _scan(args, detection)
     findings = check(store, detection.target(require_trusted=True))
@@ -341,6 +350,10 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    from hwcaps_fs.commands import report
+    from hwcaps_fs.commands.compare import run_compare
+    from hwcaps_fs.commands.names import view_relpath
+
     detection = detect(detect_options(args))
     store = _scan(args, detection)
     relpath = view_relpath(store, args.relpath)

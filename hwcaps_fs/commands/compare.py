@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from hwcaps_fs.commands.compare_settings import Settings
 from hwcaps_fs.commands.report import SCHEMA, Report
 from hwcaps_fs.core import stats
 from hwcaps_fs.core.model import Candidate, Store
@@ -78,22 +79,6 @@ def plan(relpath: str, store: Store, target: Target) -> Plan:
                      for skip in full.skipped if skip.candidate.path not in seen)
     served_level = full.served.level or BASELINE if full.served else BASELINE
     return Plan(relpath, tuple(contenders), served_level, left_out)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How long and how carefully to measure. ``budget``: seconds of measuring after which no
-    new round starts (once ``min_rounds`` are done); ``max_rounds`` ends it regardless;
-    ``tolerance``: speed-ups within ``1 ± tolerance`` count as no difference; ``confidence``
-    of the intervals; ``timeout`` per run (None: none)."""
-
-    budget: float = 60.0
-    min_rounds: int = 5
-    max_rounds: int = 1000
-    tolerance: float = 0.02
-    confidence: float = 0.95
-    timeout: float | None = 300.0
-    seed: int = 0
 
 
 @dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -92,6 +91,8 @@ def config_level(path: str) -> tuple[str | None, str]:
         return None, "no such file"
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    import tomllib  # only when there is a file: most systems have none, and boot waits
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
