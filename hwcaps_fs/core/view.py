@@ -22,7 +22,7 @@ import enum
 import os
 import posixpath
 import stat
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hwcaps_fs.core.model import Candidate, DirInfo, Store
@@ -140,13 +140,16 @@ class InodeNumbers:
         self._next = ROOT_INODE + 1
 
     def number(self, key: Hashable) -> int:
-        number = self._numbers.get(key)
-        if number is None:
-            number = self._numbers[key] = self._next
+        number = self._numbers.setdefault(key, self._next)  # one hash of the key, not two
+        if number == self._next:
             self._next += 1
         return number
 
-    def keep_only(self, keys: Iterable[Hashable]) -> None:
+    def keep_only(self, keys: Collection[Hashable]) -> None:
+        """Forget every key but ``keys``: distinct keys, each numbered since the last call
+        (so when there are as many as numbers, all are kept: a first view costs nothing)."""
+        if len(keys) == len(self._numbers):
+            return
         kept = set(keys)
         self._numbers = {key: n for key, n in self._numbers.items() if key in kept}
 

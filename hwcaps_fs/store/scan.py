@@ -240,12 +240,12 @@ class _Scanner:
                     where = join(self.roots[level], reldir, name)
                     self.warn(f"ignored {show(where)}: {exc.strerror}")
             if stats:
-                self._merge_entry(join(reldir, name), stats, fds)
+                self._merge_entry(join(reldir, name), name, stats, fds)
 
     def _merge_entry(
-        self, relpath: str, stats: dict[str | None, os.stat_result], fds: dict[str | None, int]
+        self, relpath: str, name: str, stats: dict[str | None, os.stat_result],
+        fds: dict[str | None, int],
     ) -> None:
-        name = posixpath.basename(relpath)
         dir_levels = [level for level, st in stats.items() if stat.S_ISDIR(st.st_mode)]
         if not dir_levels:
             self.store.files[relpath] = {
