@@ -14,6 +14,7 @@ names a feature itself.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,9 +72,10 @@ class Architecture:
     baseline_dir: str | None = None
     byteorder: Literal["little", "big"] = "little"
 
-    @property
+    @functools.cached_property
     def level_names(self) -> tuple[str, ...]:
-        """Level names in ascending order, baseline excluded."""
+        """Level names in ascending order, baseline excluded (resolution asks for every name
+        of the store)."""
         return tuple(level.name for level in self.levels)
 
     def level(self, name: str) -> Level:

@@ -24,7 +24,7 @@ from hwcaps_fs.core.access import (
     writable_by_others,
 )
 from hwcaps_fs.core.elf import ElfError, read_elf_facts_fd
-from hwcaps_fs.core.model import Candidate
+from hwcaps_fs.core.model import Candidate, shared
 from hwcaps_fs.errors import show
 from hwcaps_fs.store.fds import OPEN_FILE_FLAGS
 
@@ -217,7 +217,8 @@ class FileReader:
             return Candidate.from_stat(
                 st, level=level, path=path, source=source, elf=elf, capability=_capability(fd),
                 untrusted=self.untrusted(source, links), problem=problem,
-                link_target=link_target, reachable_bits=self._reachable(path, source, st) & acl,
+                link_target=link_target,
+                reachable_bits=shared(self._reachable(path, source, st) & acl),
             )
         finally:
             os.close(fd)
@@ -243,7 +244,7 @@ class FileReader:
         return Candidate.from_stat(
             st, level=None, path=path, source=source, capability=capability,
             untrusted=self.untrusted(source, links), link_target=link_target,
-            reachable_bits=self._reachable(path, source, st) & acl,
+            reachable_bits=shared(self._reachable(path, source, st) & acl),
         )
 
     def _follow(self, path: str, links: list[tuple[str, int]]) -> tuple[str, os.stat_result]:
