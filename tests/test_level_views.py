@@ -4,6 +4,7 @@ that level would be served, through a real mount, and only on request."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -74,3 +75,13 @@ def test_every_level_through_a_real_mount(binaries: Path, tmp_path: Path, level:
             (store / "glibc-hwcaps/x86-64-v2/bin/prog").unlink()
             v2 = mnt / LEVELS_DIR / "x86-64-v2/bin/prog"
             wait_until(lambda: run(v2) == "baseline", 10, "the v2 view to fall back")
+        # A directory that appears or leaves appears or leaves in every level's view.
+        install(compile_level(binaries, "baseline", text="new"), store / "sbin/new")
+        names = [mnt / "sbin/new", *(mnt / LEVELS_DIR / each / "sbin/new" for each in below(level))]
+        wait_until(lambda: all(name.exists() for name in names), 10, "sbin in every view")
+        assert [run(name) for name in names] == ["new"] * len(names)
+        shutil.rmtree(store / "sbin")
+        wait_until(lambda: not any(name.parent.exists() for name in names), 10, "sbin gone")
+        # A .hwcaps of the store's own takes the levels view's place.
+        (store / LEVELS_DIR).mkdir()
+        wait_until(lambda: os.listdir(mnt / LEVELS_DIR) == [], 10, "the store's own .hwcaps")

@@ -6,6 +6,9 @@ import dataclasses
 import stat
 from collections.abc import Mapping
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hwcaps_fs.core.levels import X86_64
 from hwcaps_fs.core.model import Candidate, DirInfo, Layout, Store
 from hwcaps_fs.core.resolve import Resolution
@@ -192,3 +195,60 @@ def test_a_patch_is_what_a_full_build_gives_and_says_what_changed() -> None:
     assert set(update.added) == {lookup(full, "bin/foo"), lookup(full, "bin/new")}
     assert update.view.nodes[lookup(full, "bin/bar") or 0] is old.nodes[lookup(old, "bin/bar") or 0]
     assert len(numbers) == 1 + 1 + 3  # ROOT, bin, and the three files served: gone forgotten
+
+
+def ancestors(relpath: str) -> list[str]:
+    """The directories above ``relpath``, ROOT ("") left out."""
+    parts = relpath.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+#: Paths of a small tree for the property below: directories and files, some at the same path.
+TREE = ("a", "a/b", "a/b/c", "d", "a/f", "a/b/f", "a/b/c/f", "d/f", "f", "a/b/c/g", "d/g")
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=st.dictionaries(st.sampled_from(TREE), st.sampled_from(["dir", 1, 2])),
+       after=st.dictionaries(st.sampled_from(TREE), st.sampled_from(["dir", 1, 2])),
+       mtime=st.integers(10, 11))
+def test_a_patch_of_directories_is_what_a_full_build_and_diff_give(
+        before: dict[str, str | int], after: dict[str, str | int], mtime: int) -> None:
+    """Directories appearing, leaving (with what is below them), turning into files and back,
+    and changing attributes: the patched view, its inode numbers and what it says changed
+    are those of a full build and its diff (entries: the kernel forgets a directory's
+    subtree with its entry, so only entries outside a removed directory must be listed)."""
+
+    def store_with(shape: dict[str, str | int],
+                   a_mtime: int) -> tuple[Store, dict[str, Candidate | None]]:
+        dirs = {path for path, kind in shape.items() if kind == "dir"}
+        dirs |= {parent for path in shape for parent in ancestors(path)}
+        store = store_of(*dirs)
+        if "a" in store.dirs:
+            store.dirs["a"] = directory("a", mtime_ns=a_mtime)
+        files: dict[str, Candidate | None] = {
+            path: candidate(None, path, ino=kind) for path, kind in shape.items()
+            if isinstance(kind, int)}
+        return store, files
+
+    old_store, old_files = store_with(before, 10)
+    new_store, new_files = store_with(after, mtime)
+    numbers = InodeNumbers()
+    old = build(old_store, old_files, numbers)
+    touched = {path: new_files.get(path) for path in {*old_files, *new_files}}
+    update = patch_view(old, [Resolution(path, found, ()) for path, found in touched.items()],
+                        presentation=Presentation.FILES, link_base="/store", numbers=numbers,
+                        dirs=new_store.dirs)
+    numbered = len(numbers)
+    full = build(new_store, new_files, numbers)  # numbers every key again, forgets the rest
+    assert len(numbers) == numbered
+    assert update.view.nodes == full.nodes
+    assert update.view.children == full.children
+    assert update.view.listing == full.listing
+    assert update.view.directories == full.directories
+    expected = diff(old, full)
+    assert sorted(update.added) == sorted(expected.added)
+    assert sorted(update.removed) == sorted(expected.removed)
+    assert sorted(update.changed) == sorted(expected.changed)
+    removed_dirs = {ino for ino in expected.removed if old.nodes[ino].is_directory}
+    assert sorted(set(update.entries)) == sorted(
+        (parent, name) for parent, name in set(expected.entries) if parent not in removed_dirs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hwcaps_fs.core.model import DirInfo, Store
@@ -42,23 +43,31 @@ def level_names(target: Target) -> tuple[str, ...]:
     return (target.architecture.baseline.name, *reversed(target.levels))
 
 
-def level_views(store: Store, target: Target) -> LevelViews:
-    """What ``.hwcaps/<level>/`` adds to the view of ``store`` on ``target``."""
+def is_taken(store: Store) -> bool:
+    """Whether the store has a :data:`LEVELS_DIR` of its own (then there is no levels view)."""
+    return LEVELS_DIR in store.files or LEVELS_DIR in store.dirs
+
+
+def level_views(store: Store, target: Target,
+                relpaths: Iterable[str] | None = None) -> LevelViews:
+    """What ``.hwcaps/<level>/`` adds to the view of ``store`` on ``target``: every directory,
+    and the names ``relpaths`` (every name of the store when None) resolved at each level."""
     top = store.dirs.get("")
-    taken = LEVELS_DIR in store.files or LEVELS_DIR in store.dirs
+    taken = is_taken(store)
     if top is None or taken:
         why = f"{store.root}/{LEVELS_DIR} exists in the store: no levels view"
         return LevelViews({}, (), why if taken else None)
     dirs = {LEVELS_DIR: dataclasses.replace(top, path=LEVELS_DIR)}
     resolutions: list[Resolution] = []
+    names = list(store.files if relpaths is None else relpaths)
     for level in level_names(target):
         prefix = posixpath.join(LEVELS_DIR, level)
         for relpath, info in store.dirs.items():
             where = posixpath.join(prefix, relpath) if relpath else prefix
             dirs[where] = dataclasses.replace(info, path=where)
         capped = target.capped(level)
-        for relpath, found in store.files.items():
-            resolution = resolve(relpath, found, capped)
+        for relpath in names:
+            resolution = resolve(relpath, store.candidates(relpath), capped)
             resolutions.append(dataclasses.replace(
                 resolution, relpath=posixpath.join(prefix, relpath)))
     return LevelViews(dirs, tuple(resolutions))

@@ -280,44 +280,121 @@ def _served_node(resolution: Resolution, presentation: Presentation, link_base: 
 
 def patch_view(view: View, resolutions: Iterable[Resolution], *,
                presentation: Presentation, link_base: str | None,
-               numbers: InodeNumbers) -> Update:
+               numbers: InodeNumbers, dirs: Mapping[str, DirInfo] | None = None) -> Update:
     """``view`` with the file paths of ``resolutions`` (and only those) brought up to date:
-    what an update that touched a few names costs, whatever the size of the store. The
-    directories must be those of ``view`` (a change to directories needs :func:`build_view`).
-    """
-    nodes = dict(view.nodes)
-    children = dict(view.children)
-    copied: dict[int, dict[bytes, int]] = {}
-    added: list[int] = []
-    removed: list[int] = []
-    entries: list[tuple[int, bytes]] = []
+    what an update that touched a few names costs, whatever the size of the store. With
+    ``dirs`` (the store's directories now), the directories are brought up to date first:
+    those that left go with everything below them, those that appeared come empty (their
+    files must be among ``resolutions``), and each one's attributes follow its
+    :class:`~hwcaps_fs.core.model.DirInfo`; without, they must be those of ``view``. Gives
+    what :func:`build_view` and :func:`diff` would, at the cost of the directories and the
+    names touched."""
+    patch = _Patch(view, numbers)
+    directories = view.directories if dirs is None else patch.directories(dirs)
     for resolution in resolutions:
-        parent = view.directories.get(posixpath.dirname(resolution.relpath))
-        if parent is None or resolution.relpath in view.directories:
+        parent = directories.get(posixpath.dirname(resolution.relpath))
+        if parent is None or resolution.relpath in directories:
             continue
         name = _name(resolution.relpath)
-        old = children[parent].get(name)
+        old = patch.children[parent].get(name)
         node = _served_node(resolution, presentation, link_base, numbers)
-        new = None if node is None else node.inode
-        if new == old:
+        if (None if node is None else node.inode) == old:
             continue
-        names = copied.get(parent)
-        if names is None:
-            names = copied[parent] = dict(children[parent])
-            children[parent] = names
         if old is not None:
-            numbers.forget(_node_key(nodes.pop(old)))
-            del names[name]
-            removed.append(old)
+            patch.remove(parent, name)
         if node is not None:
-            nodes[node.inode] = node
-            names[name] = node.inode
-            added.append(node.inode)
-        entries.append((parent, name))
-    listing = dict(view.listing)
-    listing.update((ino, tuple(sorted(names.items()))) for ino, names in copied.items())
-    return Update(View(nodes, children, listing, view.directories), added, removed,
-                  list(copied), entries)
+            patch.add(parent, name, node)
+    return patch.update(directories)
+
+
+class _Patch:
+    """The working copy of a view that :func:`patch_view` changes: dictionaries copied when
+    first changed, and what changed so far."""
+
+    def __init__(self, view: View, numbers: InodeNumbers) -> None:
+        self.view = view
+        self.numbers = numbers
+        self.nodes = dict(view.nodes)
+        self.children = dict(view.children)
+        self.copied: dict[int, dict[bytes, int]] = {}
+        self.added: list[int] = []
+        self.removed: list[int] = []
+        self.changed: list[int] = []
+        self.entries: list[tuple[int, bytes]] = []
+
+    def names(self, parent: int) -> dict[bytes, int]:
+        """The names of directory ``parent``, copied to be changed."""
+        names = self.copied.get(parent)
+        if names is None:
+            names = self.copied[parent] = dict(self.children[parent])
+            self.children[parent] = names
+        return names
+
+    def add(self, parent: int, name: bytes, node: Node) -> None:
+        self.nodes[node.inode] = node
+        self.names(parent)[name] = node.inode
+        self.added.append(node.inode)
+        self.entries.append((parent, name))
+
+    def remove(self, parent: int, name: bytes) -> None:
+        self._drop(self.names(parent).pop(name))
+        self.entries.append((parent, name))
+
+    def _drop(self, inode: int) -> None:
+        """Forget ``inode``, and everything below it if it is a directory."""
+        node = self.nodes.pop(inode)
+        self.removed.append(inode)
+        if node.served is not None:
+            self.numbers.forget(_node_key(node))
+            return
+        self.numbers.forget(_directory_key(node.relpath))
+        self.copied.pop(inode, None)
+        for child in self.children.pop(inode).values():
+            self._drop(child)
+
+    def directories(self, dirs: Mapping[str, DirInfo]) -> dict[str, int]:
+        """Bring the directories to ``dirs``; their inodes by relative path."""
+        old = self.view.directories
+        for relpath in sorted(old.keys() - dirs.keys()):  # a parent before what is below it
+            if relpath and old[relpath] in self.nodes:
+                self.remove(old[posixpath.dirname(relpath)], _name(relpath))
+        inodes = {relpath: self.numbers.number(_directory_key(relpath)) for relpath in dirs}
+        fresh = set()
+        for relpath in sorted(dirs.keys() - old.keys()):
+            parent = inodes.get(posixpath.dirname(relpath)) if relpath else None
+            if parent is None or parent not in self.children:
+                continue
+            name = _name(relpath)
+            if name in self.children[parent]:
+                self.remove(parent, name)  # a file that was there
+            inode = inodes[relpath]
+            self.children[inode] = self.copied[inode] = {}
+            fresh.add(inode)
+            self.add(parent, name, Node(_directory_attributes(inode, dirs[relpath], 0),
+                                        relpath))
+        for relpath, inode in inodes.items():
+            if inode not in self.children:
+                continue  # below a directory that could not be added
+            names = self.copied.get(inode)
+            subdirectories = (self.nodes[inode].attributes.nlink - 2 if names is None
+                              else sum(1 for child in names.values() if child in self.children))
+            node = Node(_directory_attributes(inode, dirs[relpath], subdirectories), relpath)
+            if node != self.nodes[inode]:
+                self.nodes[inode] = node
+                if inode not in fresh:
+                    self.changed.append(inode)
+        return {relpath: inode for relpath, inode in inodes.items() if inode in self.children}
+
+    def update(self, directories: Mapping[str, int]) -> Update:
+        listing = {ino: names for ino, names in self.view.listing.items()
+                   if ino in self.children}
+        listing.update((ino, tuple(sorted(names.items()))) for ino, names in self.copied.items())
+        added = set(self.added)
+        changed = [*self.changed, *(ino for ino in self.copied
+                                    if ino not in added and ino not in self.changed)]
+        view = View(self.nodes, self.children, listing, directories)
+        entries = [entry for entry in dict.fromkeys(self.entries) if entry[0] not in added]
+        return Update(view, self.added, self.removed, changed, entries)
 
 
 def diff(old: View, new: View) -> Update:

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field, replace
 import pyfuse3
 import trio
 
-from hwcaps_fs.core.level_views import LEVELS_DIR, level_views
+from hwcaps_fs.core.level_views import LEVELS_DIR, is_taken, level_views
 from hwcaps_fs.core.loader_links import into, into_levels, redirect_loader_links
-from hwcaps_fs.core.model import Store, locate, tree_roots
+from hwcaps_fs.core.model import DirInfo, Store, locate, tree_roots
 from hwcaps_fs.core.resolve import Resolution, Target, resolve, resolve_store
 from hwcaps_fs.core.view import (
     InodeNumbers,
@@ -140,6 +140,8 @@ class _Daemon:
     current: View | None = None
     #: With ``loader_links`` and ``levels_view``: the mountpoint of the view DIR is in.
     loader_view: str | None = None
+    #: Whether the store had a ``.hwcaps`` of its own at the last build (no levels view).
+    levels_taken: bool = False
 
     def serving(self) -> Serving:
         return Serving(self.paths.root, self.paths.mountpoint, self.detection.level,
@@ -151,22 +153,32 @@ class _Daemon:
         self.skips = self._note(resolutions.values(), self.skips)
         self.links = {relpath for relpath, found in self.store.files.items()
                       if has_variant_link(found)}
+        self.levels_taken = is_taken(self.store)
+        dirs, served = self._served(list(resolutions.values()), None)
+        self.current = build_view(dataclasses.replace(self.store, dirs=dirs), served,
+                                  presentation=self.paths.config.options.presentation,
+                                  link_base=self.link_base, numbers=self.numbers)
+        return self.current
+
+    def _served(self, resolutions: list[Resolution], relpaths: Iterable[str] | None,
+                ) -> tuple[dict[str, DirInfo], list[Resolution]]:
+        """The view's directories, and ``resolutions`` (of the names ``relpaths``, or of every
+        name when None) with what the options make of them: links to the loader redirected,
+        the names of the levels view."""
         options = self.paths.config.options
-        store, served = self.store, list(resolutions.values())
+        dirs, served = self.store.dirs, resolutions
         if options.loader_links is not None:
             served = redirect_loader_links(served, into(options.loader_links))
         if options.levels_view:
-            extra = level_views(self.store, self.target)
+            extra = level_views(self.store, self.target, relpaths)
             self.warn_once([extra.warning] if extra.warning else [])
-            store = dataclasses.replace(store, dirs={**store.dirs, **extra.dirs})
+            dirs = {**dirs, **extra.dirs}
             levels = list(extra.resolutions)
             if options.loader_links is not None and self.loader_view is not None:
                 levels = redirect_loader_links(levels, into_levels(self.loader_view,
                                                                    options.loader_links))
-            served += levels
-        self.current = build_view(store, served, presentation=options.presentation,
-                                  link_base=self.link_base, numbers=self.numbers)
-        return self.current
+            served = [*served, *levels]
+        return dirs, served
 
     def _note(self, resolutions: Iterable[Resolution],
               known: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -188,7 +200,8 @@ class _Daemon:
 
     def update(self, watcher: Watcher, changes: Changes) -> Update:
         """Rescan what ``changes`` touched and bring the view up to date (blocking: in a
-        thread). Costs what changed, unless directories did."""
+        thread). Costs what changed (and each directory, when directories did), unless
+        everything had to be rescanned."""
         if changes.overflow or any(change.is_dir for change in changes.changes):
             self.warn_once(watcher.sync())
         self._check_root(changes.root_moved)
@@ -197,8 +210,8 @@ class _Daemon:
         old = self.current
         assert old is not None
         options = self.paths.config.options
-        if rescanned.everything or options.loader_links is not None or options.levels_view:
-            # Those views derive names from other names: they are rebuilt whole.
+        if rescanned.everything or (options.levels_view
+                                    and is_taken(self.store) != self.levels_taken):
             return diff(old, self.view())
         resolutions = [resolve(relpath, self.store.candidates(relpath), self.target)
                        for relpath in rescanned.paths]
@@ -210,8 +223,10 @@ class _Daemon:
                 self.links.discard(relpath)
         known = {relpath: self.skips.pop(relpath, ()) for relpath in rescanned.paths}
         self.skips.update(self._note(resolutions, known))
-        update = patch_view(old, resolutions, presentation=options.presentation,
-                            link_base=self.link_base, numbers=self.numbers)
+        dirs, served = self._served(resolutions, rescanned.paths)
+        update = patch_view(old, served, presentation=options.presentation,
+                            link_base=self.link_base, numbers=self.numbers,
+                            dirs=dirs if rescanned.directories else None)
         self.current = update.view
         return update
 

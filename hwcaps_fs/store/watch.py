@@ -4,7 +4,8 @@ Package managers replace a program by writing a new file and renaming it over th
 the baseline tree or in any level's tree; a new level directory can appear, a subtree can be
 removed. Every directory under ROOT is watched (the variant trees included), each change is
 mapped back to the view path it affects, and only those paths are rescanned
-(:func:`apply_changes`); the daemon then rebuilds the view and invalidates what changed.
+(:func:`apply_changes`); the daemon then brings the view up to date and invalidates what
+changed.
 
 Watches are added through ``/proc/self/fd/N`` of directory fds walked from the ROOT fd, never
 through a path: ROOT may be the mountpoint, and a path lookup through our own mount from the
@@ -125,10 +126,11 @@ def changes_of(events: Iterable[Event], directories: Mapping[int, str]) -> Chang
 @dataclass
 class Rescanned:
     """What :func:`apply_changes` rescanned: the view file ``paths`` whose candidates may
-    have changed, or ``everything`` when directories changed too (the view must then be
-    rebuilt whole); ``warnings`` of the rescans."""
+    have changed, whether ``directories`` may have changed too, or ``everything`` (the view
+    must then be rebuilt whole); ``warnings`` of the rescans."""
 
     paths: set[str] = field(default_factory=set)
+    directories: bool = False
     everything: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -152,15 +154,17 @@ def apply_changes(store: Store, root_fd: int, changes: Changes,
             continue
         located.append((change, where))
     if changes.overflow or any(where is None or not where[1] for _, where in located):
-        return Rescanned(set(store.files), True, rescan_dir(store, root_fd, ""))
+        return Rescanned(set(store.files), everything=True,
+                         warnings=rescan_dir(store, root_fd, ""))
     done = Rescanned()
     directories = {where[1] for change, where in located if where and change.is_dir}
     for directory in sorted(directories):
+        prefix = f"{directory}/"
         if not any(directory.startswith(f"{other}/") for other in directories):
-            done.paths.update(path for path in store.files if _below(path, {directory}))
+            done.paths.update(path for path in store.files if path.startswith(prefix))
             done.warnings += rescan_dir(store, root_fd, directory)
-            done.paths.update(path for path in store.files if _below(path, {directory}))
-            done.everything = True
+            done.paths.update(path for path in store.files if path.startswith(prefix))
+            done.directories = True
     files = {where[1] for change, where in located
              if where and not change.is_dir and not _below(where[1], directories)}
     for relpath in files | set(links):
