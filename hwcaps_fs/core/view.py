@@ -41,6 +41,9 @@ BASELINE = "baseline"
 #: Mode bits that make an executable privileged: these only work from the real file.
 PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 
+#: The mode of every symlink of the view.
+LINK_MODE = stat.S_IFLNK | 0o777
+
 
 class Presentation(enum.Enum):
     """How regular files appear: as files with the served candidate's content (the default),
@@ -203,14 +206,11 @@ def link_target(candidate: Candidate, presentation: Presentation,
 
 
 def _file_node(ino: int, relpath: str, candidate: Candidate, target: bytes | None) -> Node:
-    times = {"atime_ns": candidate.atime_ns, "mtime_ns": candidate.mtime_ns,
-             "ctime_ns": candidate.ctime_ns}
-    if target is None:
-        attributes = Attributes(ino=ino, mode=candidate.reachable_mode, nlink=1, uid=candidate.uid,
-                                gid=candidate.gid, size=candidate.size, **times)
-        return Node(attributes, relpath, served=candidate)
-    attributes = Attributes(ino=ino, mode=stat.S_IFLNK | 0o777, nlink=1, uid=candidate.uid,
-                            gid=candidate.gid, size=len(target), **times)
+    mode, size = ((candidate.reachable_mode, candidate.size) if target is None
+                  else (LINK_MODE, len(target)))
+    attributes = Attributes(ino=ino, mode=mode, nlink=1, uid=candidate.uid, gid=candidate.gid,
+                            size=size, atime_ns=candidate.atime_ns,
+                            mtime_ns=candidate.mtime_ns, ctime_ns=candidate.ctime_ns)
     return Node(attributes, relpath, served=candidate, link_target=target)
 
 
@@ -240,14 +240,15 @@ def build_view(store: Store, resolutions: Iterable[Resolution], *,
             children[parent][os.fsencode(posixpath.basename(relpath))] = ino
 
     for resolution in resolutions:
-        parent = dir_inodes.get(posixpath.dirname(resolution.relpath))
+        directory, _, name = resolution.relpath.rpartition("/")  # a view path: no "/" at its end
+        parent = dir_inodes.get(directory)
         if parent is None or resolution.relpath in dir_inodes:
             continue
         node = _served_node(resolution, presentation, link_base, numbers)
         if node is not None:
             keys.append(_node_key(node))
             nodes[node.inode] = node
-            children[parent][_name(node.relpath)] = node.inode
+            children[parent][os.fsencode(name)] = node.inode
 
     for relpath, ino in dir_inodes.items():
         subdirectories = sum(1 for child in children[ino].values() if child in children)
