@@ -16,6 +16,7 @@ so that ``check`` (:mod:`hwcaps_fs.commands.check`) can reuse the same wording.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,13 @@ class Target:
     require_trusted: bool
     supported: tuple[str, ...] = ()
     capped_by: str | None = None
+
+    @functools.cached_property
+    def inactive(self) -> tuple[str, ...]:
+        """The level names not searched, highest first (worked out once, not for every name
+        of the store)."""
+        return tuple(level for level in reversed(self.architecture.level_names)
+                     if level not in self.levels)
 
     def capped(self, level: str) -> Target:
         """This target as a CPU whose level is ``level`` (or lower) would be: the levels
@@ -200,13 +208,9 @@ def resolve(
     skipped, so that ``which`` can say why a v4 build was not taken on a v3 CPU; then the
     active levels are tried in ``target.levels`` order, then the baseline.
     """
-    arch = target.architecture
-    active = target.levels
-    inactive = tuple(level for level in reversed(arch.level_names) if level not in active)
     skipped = [_inactive(candidates[level], level, target)
-               for level in inactive if level in candidates]
-    order: tuple[str | None, ...] = (*active, None)
-    for level in order:
+               for level in target.inactive if level in candidates]
+    for level in (*target.levels, None):
         candidate = candidates.get(level)
         if candidate is None:
             continue
