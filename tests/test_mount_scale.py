@@ -11,14 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.fuse.backing import DESCRIPTOR_BUDGET
+from hwcaps_fs.fuse.backing import DESCRIPTOR_BUDGET, OTHER_DESCRIPTORS
 from tests.builders import compile_level, install
 from tests.mounting import DEADLINE, cleanup, daemon_pids, hwcaps_fs, mounted, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.usefixtures("fuse_ok")]
-
-#: What the daemon holds besides backing files: FUSE, inotify, ROOT, trio's, scanning.
-OTHER_DESCRIPTORS = 64
 
 #: Hard links made to one file (ext4 allows 65,000).
 LINKS_PER_FILE = 50_000

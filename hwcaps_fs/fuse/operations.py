@@ -352,7 +352,10 @@ class HwcapsOperations(pyfuse3.Operations):
         # the kernel keep the listing across opens (hwcaps_fs.fastpath).
         view = self._view
         listing = view.listing.get(fh, ())
-        pinned = start_id
+        # In a directory larger than the descriptor budget, the files listed first would be
+        # closed again before the listing ends: they are not opened, and listed as before.
+        unpinned = len(listing) - self._backing.budget
+        pinned = max(start_id, unpinned)
         for index in range(start_id, len(listing)):
             name, inode = listing[index]
             if index >= pinned:
@@ -368,7 +371,8 @@ class HwcapsOperations(pyfuse3.Operations):
                 reply = self._reply(inode)
             except pyfuse3.FUSEError:
                 continue
-            opened = reply.file_info is None or self._backing.is_open(inode)
+            opened = (reply.file_info is None or index < unpinned
+                      or self._backing.is_open(inode))
             entry = reply.entry if opened else reply.unopened
             if not pyfuse3.readdir_reply(token, name, entry, index + 1):
                 break

@@ -48,7 +48,12 @@ from hwcaps_fs.core.view import (
 from hwcaps_fs.detect.cpu import Detection, detect
 from hwcaps_fs.errors import MountError, PathError, show
 from hwcaps_fs.fuse import fastpath
-from hwcaps_fs.fuse.backing import BackingFiles, descriptor_budget, raise_file_limit
+from hwcaps_fs.fuse.backing import (
+    BackingFiles,
+    descriptor_budget,
+    grow_descriptor_table,
+    raise_file_limit,
+)
 from hwcaps_fs.fuse.operations import HwcapsOperations
 from hwcaps_fs.store.scan import scan_fd
 from hwcaps_fs.store.watch import Change, Changes, Watcher, apply_changes, has_variant_link
@@ -433,6 +438,7 @@ def serve(paths: MountPaths, ready: Callable[[Serving], None]) -> None:
     try:
         daemon = _prepare(paths, root_fd)
         backing = BackingFiles(root_fd, descriptor_budget())
+        grow_descriptor_table(root_fd, backing.budget)
         watcher = Watcher(root_fd)
         updates: _Updates
         options = paths.config.options
