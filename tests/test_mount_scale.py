@@ -127,21 +127,24 @@ def test_warnings_are_remembered_only_while_their_name_exists(binaries: Path,
 
 
 @pytest.mark.usefixtures("both_exec_paths")
+@pytest.mark.parametrize("view", ["bin", ".hwcaps/baseline/bin"])
 def test_a_name_closed_for_the_budget_then_replaced_fails_no_exec(binaries: Path,
-                                                                  public: Path) -> None:
+                                                                  public: Path,
+                                                                  view: str) -> None:
     """A name the kernel knows whose backing file was closed to stay within the budget, then
     renamed over in the store and executed while the daemon is still gathering the changes of
     a burst, runs the old file or the new one, never fails: the daemon drops the kernel's
     entry of such a name as soon as it notices the change (with the fast path nothing else
-    would reach it before the first READ, which would find the file gone)."""
+    would reach it before the first READ, which would find the file gone). The same for the
+    name under ``-o levels_view``."""
     store = store_of(binaries, public / "store", 40)
     (store / "glibc-hwcaps/x86-64-v9").mkdir(parents=True)
     mnt = public / "mnt"
     mnt.mkdir()
     new = compile_level(binaries, "baseline", text="new")
     limit = ("prlimit", "--nofile=64:64", "--")  # a budget of 32 backing files
-    with mounted(store, mnt, prefix=limit):
-        names = [mnt / "bin" / f"name{i:06d}" for i in range(40)]
+    with mounted(store, mnt, "-o", "levels_view", prefix=limit):
+        names = [mnt / view / f"name{i:06d}" for i in range(40)]
         for path in names:
             path.stat()  # looked up, so opened: the first ones are closed again
         replaced = store / "bin" / names[0].name

@@ -48,6 +48,13 @@ def is_taken(store: Store) -> bool:
     return LEVELS_DIR in store.files or LEVELS_DIR in store.dirs
 
 
+def store_name(relpath: str) -> str:
+    """The name of the store a path of the levels view serves (``bin/foo`` for
+    ``.hwcaps/<level>/bin/foo``); any other path is its own."""
+    parts = relpath.split("/", 2)
+    return parts[2] if len(parts) == 3 and parts[0] == LEVELS_DIR else relpath
+
+
 def level_views(store: Store, target: Target,
                 relpaths: Iterable[str] | None = None) -> LevelViews:
     """What ``.hwcaps/<level>/`` adds to the view of ``store`` on ``target``: every directory,

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import logging
 import os
+import posixpath
 import signal
 import sys
 from collections import OrderedDict
@@ -31,7 +32,13 @@ from dataclasses import dataclass, field, replace
 import pyfuse3
 import trio
 
-from hwcaps_fs.core.level_views import LEVELS_DIR, is_taken, level_views
+from hwcaps_fs.core.level_views import (
+    LEVELS_DIR,
+    is_taken,
+    level_names,
+    level_views,
+    store_name,
+)
 from hwcaps_fs.core.loader_links import into, into_levels, redirect_loader_links
 from hwcaps_fs.core.model import DirInfo, Store, locate, tree_roots
 from hwcaps_fs.core.resolve import Resolution, Target, resolve, resolve_store
@@ -323,7 +330,10 @@ class _Updates:
                           self.daemon.paths.root, exc, exc_info=log.isEnabledFor(logging.DEBUG))
 
     async def refresh(self, relpath: str) -> None:
-        """Rescan the view path ``relpath`` now (its file was replaced under the view)."""
+        """Rescan the view path ``relpath`` now (its file was replaced under the view): the
+        store's name it serves, ``bin/foo`` for ``.hwcaps/<level>/bin/foo``."""
+        if self.daemon.paths.config.options.levels_view and not self.daemon.levels_taken:
+            relpath = store_name(relpath)
         where = tree_roots(self.daemon.store.layout, self.daemon.store.architecture)
         paths = (f"{top}/{relpath}" if top else relpath for top in where.values())
         await self.apply(Changes(frozenset(Change(path, False) for path in paths)))
@@ -342,7 +352,11 @@ class _Updates:
         store = self.daemon.store
         located = (locate(store, change.path) for change in changes.changes
                    if not change.is_dir)
-        self._ops.forget_unopened({where[1] for where in located if where is not None})
+        relpaths = {where[1] for where in located if where is not None}
+        if self.daemon.paths.config.options.levels_view:  # the same names at each level
+            relpaths |= {posixpath.join(LEVELS_DIR, level, relpath)
+                         for level in level_names(self.daemon.target) for relpath in relpaths}
+        self._ops.forget_unopened(relpaths)
 
     async def on_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                          ) -> None:
