@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 import struct
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from hwcaps_fs.core.levels import X86_64
 from hwcaps_fs.core.model import Layout, Store, locate
 from hwcaps_fs.errors import PathError, show
+from hwcaps_fs.store.files import parent
 from hwcaps_fs.store.scan import (
     detect_layout,
     rescan_dir,
@@ -53,6 +55,22 @@ def test_glibc_layout_merges_trees(tmp_path: Path) -> None:
         "glibc-hwcaps/x86-64-v4/bin/foo", "glibc-hwcaps/x86-64-v4/bin/foo", None, None)
     assert v4.ino == (tmp_path / v4.path).stat().st_ino
     assert store.warnings == []
+
+
+def test_names_share_the_stat_values_they_have_in_common(tmp_path: Path) -> None:
+    """What a store of many names holds once per value, not once per name (memory)."""
+    for name in ("foo", "bar"):
+        put(tmp_path, f"bin/{name}")
+    store = scan(str(tmp_path), X86_64)
+    foo, bar = (store.files[f"bin/{name}"][None] for name in ("foo", "bar"))
+    assert foo.mode == bar.mode and foo.mode is bar.mode
+    assert foo.dev is bar.dev and foo.reachable_bits is bar.reachable_bits
+    assert foo.reachable_mode is bar.reachable_mode
+
+
+@pytest.mark.parametrize("relpath", ["", "foo", "bin/foo", "a/b/c", "bin/.x", "bin/x y"])
+def test_parent_of_a_view_path_is_its_dirname(relpath: str) -> None:
+    assert parent(relpath) == posixpath.dirname(relpath)
 
 
 def test_loader_layout_detected_and_forced(tmp_path: Path) -> None:

@@ -154,6 +154,7 @@ def test_numbers_are_never_reused() -> None:
     assert changed_entries(with_foo, without) == [(lookup(without, "bin"), b"foo")]
     assert changed_entries(without, back) == [(lookup(back, "bin"), b"foo")]
     assert lookup(back, "bin/foo") != lookup(with_foo, "bin/foo")
+    assert len(numbers) == len(back.nodes)  # the table follows the store, not its history
 
 
 def test_directory_changes() -> None:
