@@ -3,6 +3,7 @@ mount needed)."""
 
 from __future__ import annotations
 
+import shutil
 import struct
 from pathlib import Path
 
@@ -101,3 +102,36 @@ def test_watcher_reports_changes_in_new_and_variant_directories(
     first, second = trio.run(scenario)
     assert Change("glibc-hwcaps", True) in first.changes
     assert Change("glibc-hwcaps/x86-64-v3/bin/foo", False) in second.changes
+
+
+def test_a_sync_below_changed_directories_follows_them_as_a_full_one(
+        store_fd: tuple[Path, int]) -> None:
+    """Watches synced only below the directories that changed (a subtree made, one moved,
+    one removed) report the changes in them under their new paths, as a full sync would."""
+    path, fd = store_fd
+    (path / "glibc-hwcaps/x86-64-v2/old/deep").mkdir(parents=True)
+    (path / "gone/sub").mkdir(parents=True)
+
+    async def scenario() -> list[Changes]:
+        watcher = Watcher(fd)
+        try:
+            assert watcher.sync() == []
+            (path / "made/a/b").mkdir(parents=True)
+            (path / "glibc-hwcaps/x86-64-v2/old").rename(path / "glibc-hwcaps/x86-64-v2/new")
+            shutil.rmtree(path / "gone")
+            with trio.fail_after(5):
+                changed = await watcher.next_changes(settle=0.05)
+            assert watcher.sync(change.path for change in changed.changes
+                                if change.is_dir) == []
+            for made in ("made/a/b/f", "glibc-hwcaps/x86-64-v2/new/deep/f"):
+                (path / made).write_text("x")
+            seen = []
+            with trio.fail_after(5):
+                seen.append(await watcher.next_changes(settle=0.05))
+            return seen
+        finally:
+            watcher.close()
+
+    [after] = trio.run(scenario)
+    assert {change.path for change in after.changes} == {
+        "made/a/b/f", "glibc-hwcaps/x86-64-v2/new/deep/f"}

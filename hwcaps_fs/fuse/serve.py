@@ -214,8 +214,11 @@ class _Daemon:
         """Rescan what ``changes`` touched and bring the view up to date (blocking: in a
         thread). Costs what changed (and each directory, when directories did), unless
         everything had to be rescanned."""
-        if changes.overflow or any(change.is_dir for change in changes.changes):
+        if changes.overflow:
             self.warn_once(watcher.sync())
+        elif any(change.is_dir for change in changes.changes):
+            self.warn_once(watcher.sync(change.path for change in changes.changes
+                                        if change.is_dir))
         self._check_root(changes.root_moved)
         rescanned = apply_changes(self.store, self.root_fd, changes, self.links)
         self.warn_once(rescanned.warnings)

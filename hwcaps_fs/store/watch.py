@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import trio
 
 from hwcaps_fs.core.model import Candidate, Layout, Store, locate
+from hwcaps_fs.store.fds import open_dir_beneath
 from hwcaps_fs.store.scan import MAX_DEPTH, rescan_dir, rescan_path
 from hwcaps_fs.system.libc import check, libc
 
@@ -202,13 +203,42 @@ class Watcher:
         self._fd = check(libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
         self._directories: dict[int, str] = {}
 
-    def sync(self) -> list[str]:
-        """Watch every directory under ROOT now; returns warnings (directories that cannot
-        be watched: the view then misses their updates)."""
+    def sync(self, below: Iterable[str] = ("",)) -> list[str]:
+        """Watch every directory under ROOT now, or only under the ROOT-relative directories
+        ``below`` (those that changed: what was watched there is watched afresh, at the cost
+        of those subtrees, not of the store); returns warnings (directories that cannot be
+        watched: the view then misses their updates)."""
+        tops = sorted(set(below))
+        tops = [""] if "" in tops else [top for top in tops if not _below(top, set(tops))]
+        stale = {wd for wd, relpath in self._directories.items()
+                 if any(relpath == top or _below(relpath, {top}) or not top for top in tops)}
         warnings: list[str] = []
         seen: dict[int, str] = {}
-        for path, dirs, _files, dir_fd in os.fwalk(".", dir_fd=self._root_fd):
-            relpath = "" if path == "." else posixpath.relpath(path, ".")
+        for top in tops:
+            if top.count("/") + 1 > MAX_WATCH_DEPTH:
+                continue
+            try:
+                top_fd = open_dir_beneath(self._root_fd, top)
+            except OSError:
+                continue  # gone, or no directory now
+            try:
+                self._watch_below(top_fd, top, seen, warnings)
+            finally:
+                os.close(top_fd)
+        for wd in stale - seen.keys():
+            libc.inotify_rm_watch(self._fd, wd)
+        for wd in stale:
+            self._directories.pop(wd, None)
+        self._directories.update(seen)
+        return warnings
+
+    def _watch_below(self, top_fd: int, top: str, seen: dict[int, str],
+                     warnings: list[str]) -> None:
+        """Watch the directory ``top`` (open as ``top_fd``) and every one below it, into
+        ``seen`` (watch descriptor → ROOT-relative path)."""
+        for path, dirs, _files, dir_fd in os.fwalk(".", dir_fd=top_fd):
+            below = "" if path == "." else posixpath.relpath(path, ".")
+            relpath = posixpath.join(top, below) if top and below else top or below
             if relpath.count("/") + 1 >= MAX_WATCH_DEPTH:
                 dirs.clear()
             try:
@@ -220,10 +250,6 @@ class Watcher:
                                 "changes there are not followed")
                 continue
             seen[wd] = relpath
-        for wd in self._directories.keys() - seen.keys():
-            libc.inotify_rm_watch(self._fd, wd)
-        self._directories = seen
-        return warnings
 
     def _read(self) -> list[Event]:
         events: list[Event] = []
