@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import gc
 import logging
 import os
 import posixpath
@@ -444,6 +445,22 @@ def _mounted(paths: MountPaths, ops: HwcapsOperations, root_fd: int) -> Iterator
             guard.close()
 
 
+@contextlib.contextmanager
+def _built_at_once() -> Iterator[None]:
+    """Build the store and the view with the cycle collector paused, then freeze what was
+    built: it lives as long as the view, and nothing in it refers back to itself, so reference
+    counting frees what an update replaces. Otherwise the collector walks the growing heap
+    again and again while nothing can be collected (1.5 s of 4 at 100,000 names)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def serve(paths: MountPaths, ready: Callable[[Serving], None]) -> None:
     """Prepare, mount, serve until unmounted or signalled, clean up; ``ready`` is called once
     the mount serves, with what it serves."""
@@ -453,13 +470,15 @@ def serve(paths: MountPaths, ready: Callable[[Serving], None]) -> None:
     root_fd = _open_root(paths.root)
     daemon: _Daemon | None = None
     try:
-        daemon = _prepare(paths, root_fd)
+        with _built_at_once():
+            daemon = _prepare(paths, root_fd)
+            view = daemon.view()
         backing = BackingFiles(root_fd, descriptor_budget())
         grow_descriptor_table(root_fd, backing.budget)
         watcher = Watcher(root_fd)
         updates: _Updates
         options = paths.config.options
-        ops = HwcapsOperations(daemon.view(), backing, root_fd, xattrs=options.xattr,
+        ops = HwcapsOperations(view, backing, root_fd, xattrs=options.xattr,
                                refresh=lambda relpath: updates.refresh(relpath),
                                symlinks=options.presentation is Presentation.SYMLINKS,
                                on_init=functools.partial(_initialized, daemon, ready))
