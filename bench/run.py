@@ -483,9 +483,16 @@ def bench_updates(b: Bench, programs: dict[str, Path]) -> None:
         shutil.copy2(path, new)
         new.rename(path)
 
+    def make_or_remove(path: Path) -> None:
+        if path.exists():
+            path.rmdir()
+        else:
+            path.mkdir()
+
     cases = [("touch of a name in bin/", touch, store / "bin/name00000"),
              ("touch in an unknown level directory", touch, unknown),
-             ("rename-over upgrade of a variant", upgrade, variant)]
+             ("rename-over upgrade of a variant", upgrade, variant),
+             ("a directory made or removed in bin/", make_or_remove, store / "bin/sub")]
     rows = []
     with mounted(store, mnt):
         [pid] = daemon_pids(mnt)
