@@ -26,9 +26,9 @@ def mount(config: MountConfig, *, stderr_fallback: bool = False) -> None:
     none and ``stderr_fallback`` is set, to the stderr the daemon started with: warnings, and
     in the foreground or with ``debug`` also what is served where.
     """
-    # What the imports made lives as long as the process: the cycle collector need not walk
-    # it again, neither while the daemon builds its view (10 ms at 5,000 names) nor when this
-    # process exits once the daemon serves (20 ms). Frozen before the fork, as gc advises.
+    # What the imports made lives as long as the process: frozen (before the fork, as gc
+    # advises), the cycle collector does not walk it again, in the daemon nor when this
+    # process exits once the daemon serves (20 ms of interpreter teardown).
     gc.freeze()
     quiet = not (config.foreground or config.options.debug)
     log_to_stderr(logging.DEBUG if config.options.debug else
