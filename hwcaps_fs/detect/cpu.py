@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hwcaps_fs.core.levels import (
     Architecture,
@@ -38,10 +39,12 @@ from hwcaps_fs.detect.cpuinfo import (
     parse_auxv,
 )
 from hwcaps_fs.detect.loader import LoaderReport, probe_loader
-from hwcaps_fs.detect.microarch import archspec_view
 from hwcaps_fs.detect.overrides import Override, parse_level_name, read_overrides
 from hwcaps_fs.detect.tunables import unusable_features
 from hwcaps_fs.errors import PathError
+
+if TYPE_CHECKING:
+    from hwcaps_fs.detect.microarch import ArchspecView
 
 LIVE_CPUINFO = "/proc/cpuinfo"
 LIVE_AUXV = "/proc/self/auxv"
@@ -170,7 +173,11 @@ def detect(options: DetectOptions) -> Detection:
     else:
         hardware = _Hardware(arch.baseline.name, cpuinfo_path, arch.isa_bits(None), {})
 
-    view = archspec_view(arch, fields) if fields and options.cross_check else None
+    view: ArchspecView | None = None
+    if fields and options.cross_check:
+        from hwcaps_fs.detect.microarch import archspec_view  # not for the daemon: boot waits
+
+        view = archspec_view(arch, fields)
     if view is not None:
         # archspec knows nothing of GLIBC_TUNABLES: compare it with the unmasked rules.
         plain = evaluate(arch, fields, auxv, cpuinfo_path) if masked and text else evaluation

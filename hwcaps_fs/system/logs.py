@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import socket
 import sys
@@ -108,6 +107,8 @@ def _syslog_answers() -> bool:
 def log_detached(fallback: TextIO | None) -> None:
     """After detaching: syslog (``/dev/log``) if it answers, else ``fallback`` (the stderr
     kept by :func:`keep_stderr`), else nothing."""
+    import logging.handlers  # once serving: not on the boot path
+
     handler: logging.Handler
     if _syslog_answers():
         handler = logging.handlers.SysLogHandler(
