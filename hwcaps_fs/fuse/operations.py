@@ -33,6 +33,8 @@ import functools
 import logging
 import os
 import posixpath
+import queue
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -171,6 +173,7 @@ class HwcapsOperations(pyfuse3.Operations):
         self._root_fd = root_fd
         self._xattrs = xattrs
         self._refresh = refresh
+        self._forgotten = _EntryNotices()
 
     def init(self) -> None:
         """The kernel answered INIT: what an exec costs is known now (hwcaps_fs.fastpath);
@@ -199,7 +202,7 @@ class HwcapsOperations(pyfuse3.Operations):
         self._view = update.view
         await self._discard([ino for ino in gone if not self._lookups[ino]])
         for parent, name in update.entries:
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+            self._forgotten.entry(parent, name)
         for inode in update.changed:
             await trio.to_thread.run_sync(_invalidate_directory, inode)
 
@@ -217,7 +220,20 @@ class HwcapsOperations(pyfuse3.Operations):
                 continue
             inode = view.children.get(parent, _NO_CHILDREN).get(os.fsencode(name))
             if inode is not None and not self._backing.is_open(inode):
-                pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+                self._forgotten.entry(parent, os.fsencode(name))
+
+    async def stop_forgetting(self) -> None:
+        """Before the main loop ends (in it): drop the entries still to invalidate and wait
+        for the one being sent, which may wait for a request the loop has yet to answer."""
+        self._forgotten.stop()
+        await trio.to_thread.run_sync(self._forgotten.wait)
+
+    def stop_forgetting_now(self) -> None:
+        """Once the main loop has ended, before the session is closed: as
+        :meth:`stop_forgetting`, waiting at most :data:`NOTICE_WAIT` (the connection is
+        gone, or a request may never be answered)."""
+        self._forgotten.stop()
+        self._forgotten.wait(NOTICE_WAIT)
 
     async def _discard(self, inodes: list[int]) -> None:
         if inodes:
@@ -450,6 +466,53 @@ async def _within(seconds: float, work: Callable[[], None]) -> outcome.Outcome[N
     with trio.move_on_after(seconds):
         await done.wait()
     return finished[0] if finished else None
+
+
+#: How long the end of serving waits for an entry invalidation in progress, in seconds.
+NOTICE_WAIT = 1.0
+
+
+class _EntryNotices:
+    """Directory entries the kernel is told to forget, sent one after the other by a thread
+    of their own: the kernel holds an invalidation until the requests on that directory are
+    answered, so the event loop must not send them (pyfuse3's ``invalidate_entry_async``, which
+    this replaces, goes on sending after the session is closed, each failure a traceback).
+    Once :meth:`stop` is called, nothing more is sent and a failure is no news."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def entry(self, parent: int, name: bytes) -> None:
+        if self._stopped:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._send, name="entry notices",
+                                            daemon=True)
+            self._thread.start()
+        self._queue.put((parent, name))
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._queue.put(None)
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _send(self) -> None:
+        while (notice := self._queue.get()) is not None:
+            if self._stopped:
+                continue
+            parent, name = notice
+            try:
+                pyfuse3.invalidate_entry(parent, name)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT and not self._stopped:
+                    log.warning("cannot invalidate entry %r of inode %d: %s", name, parent,
+                                exc.strerror)
 
 
 def _invalidate_directory(inode: int) -> None:

@@ -372,6 +372,7 @@ class _Updates:
                     await self.apply(Changes(frozenset(), overflow=True))
                     continue
                 log.info("%s: unmounting", signal.Signals(signum).name)
+                await self._ops.stop_forgetting()
                 pyfuse3.terminate()
                 return
 
@@ -438,6 +439,7 @@ def _mounted(paths: MountPaths, ops: HwcapsOperations, root_fd: int) -> Iterator
         try:
             yield
         finally:
+            ops.stop_forgetting_now()
             still_mounted = any(entry.is_view for entry in mounts_at(paths.mountpoint))
             pyfuse3.close(unmount=still_mounted)
     finally:
