@@ -114,9 +114,9 @@ def _busy(root: Path, mountpoint: Path) -> Iterator[_Busy]:
 
 def _end(way: str, mountpoint: Path, process: subprocess.Popen[bytes], busy: _Busy) -> None:
     """End the daemon ``way`` (SIGHUP: after checking it keeps serving). An unmount stops
-    the lookups first (it would be refused as busy), and so does ``kill -9``: an invalidation
-    the kernel holds for a lookup then never answered keeps the killed daemon from ending
-    (docs/fuse.md). The changes go on."""
+    the lookups first (it would be refused as busy); a ``kill -9`` may leave the daemon a
+    zombie, one of its threads waiting for a lookup never answered, until its unmount guard
+    aborts the connection (hwcaps_fs.system.guard). The changes go on."""
     if way == "SIGHUP":
         process.send_signal(signal.SIGHUP)
         time.sleep(CHURN)
@@ -124,14 +124,13 @@ def _end(way: str, mountpoint: Path, process: subprocess.Popen[bytes], busy: _Bu
         assert is_fuse_mounted(mountpoint)
         os.stat(mountpoint / "bin/p1")
         process.send_signal(signal.SIGTERM)
-    elif way in ("SIGTERM", "SIGINT"):
-        process.send_signal(signal.SIGTERM if way == "SIGTERM" else signal.SIGINT)
+    elif way in ("SIGTERM", "SIGINT", "kill -9"):
+        process.send_signal({"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT,
+                             "kill -9": signal.SIGKILL}[way])
     else:
         busy.looking.set()
         time.sleep(0.05)  # the last lookup answered
-        if way == "kill -9":
-            process.kill()
-        elif way == "hwcaps-fs umount":
+        if way == "hwcaps-fs umount":
             result = hwcaps_fs("umount", str(mountpoint))
             assert result.returncode == 0, result.stderr
         else:

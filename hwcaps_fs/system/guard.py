@@ -16,20 +16,29 @@ Then, for a bounded time, while that mount is still the topmost one at the mount
 does what fusermount3 does and retries where fusermount3 gives up: ENOTCONN detaches the
 mount, ECONNABORTED (the connection is not aborted yet) tries again, a successful open
 means the file system is alive (someone else serves it) and the guard leaves it.
+
+A daemon killed while one of its threads waits in the kernel for a request it will never
+answer (an entry invalidation waits for the lookups in that directory) does not end: its
+main thread is a zombie, the waiting thread cannot be killed, and the pipe stays open. So
+while it reads, the guard looks at the daemon every :data:`POLL_SECONDS`; found a zombie
+with its mount still there, it aborts the connection (umount2 with MNT_FORCE, root only),
+which fails the waiting requests and lets the daemon end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+import select
 import signal
 import time
 from typing import NoReturn
 
 from hwcaps_fs.system.libc import libc
 from hwcaps_fs.system.mountinfo import mounts_at
-from hwcaps_fs.system.namespaces import detach
+from hwcaps_fs.system.namespaces import MNT_FORCE, detach, umount
 
 #: The guard's process name (``comm``; its command line stays the daemon's).
 NAME = b"hwcaps-fs-guard"
@@ -40,6 +49,9 @@ GUARD_SECONDS = 5
 
 #: Between two tries while the connection is not aborted yet.
 RETRY_SECONDS = 0.02
+
+#: How often the guard looks whether the daemon is a zombie while it waits for its end.
+POLL_SECONDS = 0.5
 
 PR_SET_NAME = 15
 
@@ -65,13 +77,14 @@ class Guard:
 def start(mountpoint: str) -> int:
     """Fork the guard of ``mountpoint``; the write end of its pipe (close-on-exec)."""
     reader, writer = os.pipe()
+    daemon = os.getpid()
     if os.fork() == 0:
-        _guard(reader, mountpoint)
+        _guard(reader, mountpoint, daemon)
     os.close(reader)
     return writer
 
 
-def _guard(reader: int, mountpoint: str) -> NoReturn:
+def _guard(reader: int, mountpoint: str, daemon: int) -> NoReturn:
     """The guard process: nothing it does may reach the daemon's stdio, logs or locks."""
     try:
         name = ctypes.create_string_buffer(NAME)
@@ -83,7 +96,7 @@ def _guard(reader: int, mountpoint: str) -> NoReturn:
             os.dup2(null, fd)
         os.dup2(reader, 3)
         os.closerange(4, os.sysconf("SC_OPEN_MAX"))
-        mount_id = _wait_for_daemon(3)
+        mount_id = _wait_for_daemon(3, mountpoint, daemon)
         if mount_id is not None:
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(GUARD_SECONDS)
@@ -92,13 +105,43 @@ def _guard(reader: int, mountpoint: str) -> NoReturn:
         os._exit(0)
 
 
-def _wait_for_daemon(reader: int) -> int | None:
-    """Read until the daemon has ended; the id of its mount, if it made one."""
+def _wait_for_daemon(reader: int, mountpoint: str, daemon: int) -> int | None:
+    """Read until the daemon has ended; the id of its mount, if it made one. A daemon that
+    cannot end has its connection aborted (once)."""
     said = b""
-    while chunk := os.read(reader, 64):
+    aborted = False
+    while True:
+        if not select.select([reader], [], [], POLL_SECONDS)[0]:
+            words = said.split()
+            if words and not aborted and _is_zombie(daemon):
+                aborted = True
+                _abort(mountpoint, int(words[-1]))
+            continue
+        chunk = os.read(reader, 64)
+        if not chunk:
+            break
         said += chunk
     words = said.split()
     return int(words[-1]) if words else None
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether the main thread of ``pid`` has ended while the process has not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _abort(mountpoint: str, mount_id: int) -> None:
+    """Abort the FUSE connection of the mount ``mount_id`` if it is still the topmost one
+    at ``mountpoint`` (umount2 with MNT_FORCE aborts it, then unmounts if nothing is busy)."""
+    entries = mounts_at(mountpoint)
+    if entries and entries[-1].mount_id == mount_id:
+        # busy: the connection is aborted all the same; not root: nothing to be done
+        with contextlib.suppress(OSError):
+            umount(mountpoint, MNT_FORCE)
 
 
 def _unmount_if_dead(mountpoint: str, mount_id: int) -> None:
