@@ -151,6 +151,21 @@ def test_killing_daemon_and_fusermount_together_then_recovering(
         cleanup(mnt)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                                    signal.SIGALRM, signal.SIGXCPU])
+def test_any_signal_that_would_end_the_daemon_unmounts(binaries: Path, public: Path,
+                                                        signum: signal.Signals) -> None:
+    """Without auto_unmount (no guard), where such a signal used to leave a dead mount."""
+    store = variant_store(binaries, public / "store", "bin/foo")
+    mnt = public / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt) as mount:
+        assert mount.stop(signum) == 0
+        assert f"{signum.name}: unmounting" in mount.log_text()
+        assert not is_fuse_mounted(mnt)
+        assert os.listdir(mnt) == []
+
+
 def test_sighup_rescans_and_keeps_serving(binaries: Path, public: Path, level: str) -> None:
     store = variant_store(binaries, public / "store", "bin/foo")
     mnt = public / "mnt"

@@ -308,9 +308,13 @@ def _prepare(paths: MountPaths, root_fd: int) -> _Daemon:
 # -- serving -----------------------------------------------------------------------------
 
 
-#: Signals that unmount and end the daemon; SIGHUP rescans the whole store instead (as daemons
-#: reload their configuration on it: ``systemctl reload`` and ``kill -HUP``).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Signals that unmount and end the daemon: every signal sent from outside whose default
+#: action ends a process (faults such as SIGSEGV excepted; Python ignores SIGPIPE and
+#: SIGXFSZ), so that none leaves a dead mount. SIGHUP rescans the whole store instead (as
+#: daemons reload their configuration on it: ``systemctl reload`` and ``kill -HUP``).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGPWR,
+                signal.SIGXCPU)
 
 
 class _Updates:
