@@ -224,14 +224,15 @@ class HwcapsOperations(pyfuse3.Operations):
 
     async def stop_forgetting(self) -> None:
         """Before the main loop ends (in it): drop the entries still to invalidate and wait
-        for the one being sent, which may wait for a request the loop has yet to answer."""
+        for the one being sent, which may wait for a request the loop has yet to answer (at
+        most :data:`NOTICE_WAIT`)."""
         self._forgotten.stop()
-        await trio.to_thread.run_sync(self._forgotten.wait)
+        await trio.to_thread.run_sync(self._forgotten.wait, NOTICE_WAIT)
 
     def stop_forgetting_now(self) -> None:
         """Once the main loop has ended, before the session is closed: as
-        :meth:`stop_forgetting`, waiting at most :data:`NOTICE_WAIT` (the connection is
-        gone, or a request may never be answered)."""
+        :meth:`stop_forgetting` (the connection may be gone, or a request never answered:
+        hwcaps_fs.system.guard ends a daemon left waiting in the kernel)."""
         self._forgotten.stop()
         self._forgotten.wait(NOTICE_WAIT)
 
