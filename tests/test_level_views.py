@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.core.level_views import LEVELS_DIR, level_views
+from hwcaps_fs.core.level_views import LEVELS_DIR, level_paths, level_views, store_name
 from hwcaps_fs.core.levels import X86_64
 from hwcaps_fs.store.scan import scan
 from tests.builders import compile_level, install, variant_store
@@ -41,6 +41,14 @@ def test_level_views_resolve_each_level_capped(tmp_path: Path, binaries: Path) -
         ".hwcaps/x86-64-v2/bin/prog": "x86-64-v2", ".hwcaps/x86-64-v2/bin/only": "none",
         ".hwcaps/x86-64-v3/bin/prog": "x86-64-v2", ".hwcaps/x86-64-v3/bin/only": "x86-64-v3",
     }
+
+
+def test_level_paths_are_the_names_of_the_level_views_and_store_name_undoes_them() -> None:
+    paths = level_paths(target("x86-64-v3"), ["bin/prog", "bin/sub/tool"])
+    assert paths == {f".hwcaps/{level}/{name}" for level in below("x86-64-v3")
+                     for name in ("bin/prog", "bin/sub/tool")}
+    assert {store_name(path) for path in paths} == {"bin/prog", "bin/sub/tool"}
+    assert store_name("bin/prog") == "bin/prog"
 
 
 def test_a_store_with_its_own_hwcaps_entry_keeps_it(tmp_path: Path, binaries: Path) -> None:

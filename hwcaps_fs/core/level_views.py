@@ -55,6 +55,13 @@ def store_name(relpath: str) -> str:
     return parts[2] if len(parts) == 3 and parts[0] == LEVELS_DIR else relpath
 
 
+def level_paths(target: Target, relpaths: Iterable[str]) -> set[str]:
+    """The paths of the levels view that serve the store's names ``relpaths``, at every level
+    (``.hwcaps/<level>/bin/foo`` for ``bin/foo``: what :func:`store_name` undoes)."""
+    return {posixpath.join(LEVELS_DIR, level, relpath)
+            for level in level_names(target) for relpath in relpaths}
+
+
 def level_views(store: Store, target: Target,
                 relpaths: Iterable[str] | None = None) -> LevelViews:
     """What ``.hwcaps/<level>/`` adds to the view of ``store`` on ``target``: every directory,

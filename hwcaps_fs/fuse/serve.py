@@ -23,7 +23,6 @@ import functools
 import gc
 import logging
 import os
-import posixpath
 import signal
 import sys
 from collections import OrderedDict
@@ -36,7 +35,7 @@ import trio
 from hwcaps_fs.core.level_views import (
     LEVELS_DIR,
     is_taken,
-    level_names,
+    level_paths,
     level_views,
     store_name,
 )
@@ -340,7 +339,7 @@ class _Updates:
     async def refresh(self, relpath: str) -> None:
         """Rescan the view path ``relpath`` now (its file was replaced under the view): the
         store's name it serves, ``bin/foo`` for ``.hwcaps/<level>/bin/foo``."""
-        if self.daemon.paths.config.options.levels_view and not self.daemon.levels_taken:
+        if self._levels_view():
             relpath = store_name(relpath)
         where = tree_roots(self.daemon.store.layout, self.daemon.store.architecture)
         paths = (f"{top}/{relpath}" if top else relpath for top in where.values())
@@ -352,6 +351,11 @@ class _Updates:
             if changes.changes or changes.overflow:
                 await self.apply(changes)
 
+    def _levels_view(self) -> bool:
+        """Whether the view has a levels view now (asked for, and the store has no
+        ``.hwcaps`` of its own)."""
+        return self.daemon.paths.config.options.levels_view and not self.daemon.levels_taken
+
     def _noticed(self, changes: Changes) -> None:
         """Changes seen, not applied yet (a burst is gathered first): the kernel forgets the
         names they touch whose files the daemon does not hold open, so that the next use
@@ -361,9 +365,8 @@ class _Updates:
         located = (locate(store, change.path) for change in changes.changes
                    if not change.is_dir)
         relpaths = {where[1] for where in located if where is not None}
-        if self.daemon.paths.config.options.levels_view:  # the same names at each level
-            relpaths |= {posixpath.join(LEVELS_DIR, level, relpath)
-                         for level in level_names(self.daemon.target) for relpath in relpaths}
+        if self._levels_view():  # the same names at each level
+            relpaths |= level_paths(self.daemon.target, relpaths)
         self._ops.forget_unopened(relpaths)
 
     async def on_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
