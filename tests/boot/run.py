@@ -458,10 +458,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def missing_tools() -> list[str]:
-    tools = ("mmdebstrap", "systemd-nspawn", "qemu-system-x86_64", "mkfs.ext4", "debugfs",
-             "journalctl", "systemctl", "gcc", "make")
-    return [tool for tool in tools if shutil.which(tool) is None]
+#: The host tools every run needs: the rootfs, its units, the probes, the guests' journals.
+TOOLS = ("mmdebstrap", "systemctl", "gcc", "journalctl")
+
+#: And those of each kind of boot (``--only``).
+BOOT_TOOLS = {"nspawn": ("systemd-nspawn",),
+              "qemu": ("qemu-system-x86_64", "mkfs.ext4", "debugfs")}
+
+
+def missing_tools(args: argparse.Namespace) -> list[str]:
+    """The tools the boots ``args`` ask for need and PATH lacks: ``make install`` needs make;
+    ``--deb`` runs apt-get in the rootfs with systemd-nspawn, whatever boots follow."""
+    kinds = [args.only] if args.only else list(BOOT_TOOLS)
+    tools = [*TOOLS, *(tool for kind in kinds for tool in BOOT_TOOLS[kind]),
+             "make" if args.deb is None else "systemd-nspawn"]
+    return [tool for tool in dict.fromkeys(tools) if shutil.which(tool) is None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -469,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("boot-test: run as root (mmdebstrap, nspawn and FUSE need it)", file=sys.stderr)
         return 2
-    if missing := missing_tools():
+    if missing := missing_tools(args):
         print(f"boot-test: missing {' '.join(missing)} (make boot-deps installs them)",
               file=sys.stderr)
         return 2
