@@ -25,6 +25,7 @@ from hwcaps_fs.store.watch import (
     apply_changes,
     changes_of,
     decode_events,
+    merged,
 )
 
 
@@ -49,6 +50,18 @@ def test_changes_of_maps_descriptors_to_root_relative_paths() -> None:
         Change("sbin", True), Change("glibc-hwcaps/x86-64-v3/bin/foo", False),
         Change("glibc-hwcaps/x86-64-v3/bin", True)}))
     assert changes_of([Event(-1, IN_Q_OVERFLOW, 0, "")], directories).overflow
+
+
+def test_changes_of_reads_merged_are_those_of_all_their_events() -> None:
+    directories = {1: "", 2: "bin"}
+    reads = [[Event(1, IN_CREATE, 0, "foo"), Event(2, IN_MOVED_TO, 0, "bar")],
+             [Event(-1, IN_Q_OVERFLOW, 0, ""), Event(2, IN_MOVED_TO, 0, "bar")],
+             [Event(1, IN_DELETE_SELF, 0, "")], []]
+    batches = [changes_of(events, directories) for events in reads]
+    everything = changes_of([event for events in reads for event in events], directories)
+    assert merged(batches) == everything
+    assert everything.overflow and everything.root_moved and len(everything.changes) == 3
+    assert merged(batches[3:]) == Changes(frozenset())
 
 
 def add_variant(root: Path, level: str, relpath: str) -> Path:
@@ -102,6 +115,34 @@ def test_watcher_reports_changes_in_new_and_variant_directories(
     first, second = trio.run(scenario)
     assert Change("glibc-hwcaps", True) in first.changes
     assert Change("glibc-hwcaps/x86-64-v3/bin/foo", False) in second.changes
+
+
+def test_a_batch_is_what_was_noticed_of_each_read(store_fd: tuple[Path, int]) -> None:
+    """``noticed`` hears each read's changes as they come; the batch is all of them."""
+    path, fd = store_fd
+
+    async def scenario() -> tuple[list[Changes], Changes]:
+        watcher = Watcher(fd)
+        noticed: list[Changes] = []
+        try:
+            assert watcher.sync() == []
+
+            async def burst() -> None:
+                for name in ("a", "b", "c"):
+                    (path / "bin" / name).write_text("x")
+                    await trio.sleep(0.01)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(burst)
+                with trio.fail_after(5):
+                    batch = await watcher.next_changes(settle=0.2, noticed=noticed.append)
+            return noticed, batch
+        finally:
+            watcher.close()
+
+    noticed, batch = trio.run(scenario)
+    assert noticed and merged(noticed) == batch
+    assert {Change(f"bin/{name}", False) for name in "abc"} <= batch.changes
 
 
 def test_a_sync_below_changed_directories_follows_them_as_a_full_one(

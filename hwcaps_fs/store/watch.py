@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import posixpath
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -88,6 +88,13 @@ class Changes:
     changes: frozenset[Change]
     overflow: bool = False
     root_moved: bool = False
+
+
+def merged(batches: Sequence[Changes]) -> Changes:
+    """The changes of ``batches`` as one batch (of the events of all of them)."""
+    return Changes(frozenset().union(*(batch.changes for batch in batches)),
+                   any(batch.overflow for batch in batches),
+                   any(batch.root_moved for batch in batches))
 
 
 def decode_events(data: bytes) -> list[Event]:
@@ -265,22 +272,23 @@ class Watcher:
                            ) -> Changes:
         """Wait for changes, then gather more until none came for ``settle`` seconds (a
         package manager writes, then renames) or ``limit`` seconds passed. ``noticed`` gets
-        the changes of each read as they come, before the batch is complete."""
+        the changes of each read as they come, before the batch is complete (each read is
+        mapped once: the batch is what ``noticed`` got, merged)."""
         events: list[Event] = []
         while not events:
             await trio.lowlevel.wait_readable(self._fd)
             events = self._read()
-        noticed(changes_of(events, self._directories))
+        reads = [changes_of(events, self._directories)]
+        noticed(reads[-1])
         with trio.move_on_after(limit):
             while True:
                 with trio.move_on_after(settle) as quiet:
                     await trio.lowlevel.wait_readable(self._fd)
                 if quiet.cancelled_caught:
                     break
-                more = self._read()
-                noticed(changes_of(more, self._directories))
-                events += more
-        return changes_of(events, self._directories)
+                reads.append(changes_of(self._read(), self._directories))
+                noticed(reads[-1])
+        return merged(reads)
 
     def close(self) -> None:
         os.close(self._fd)
