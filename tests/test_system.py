@@ -1,9 +1,10 @@
-"""The mount table, bind-mount names, the checks before mounting and the handshake (no mount
-needed)."""
+"""The mount table, bind-mount names, the checks before mounting, the handshake and the first
+scan's child process (no mount needed)."""
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from hwcaps_fs.core.mount_options import MountOptions
 from hwcaps_fs.detect.cpu import DetectOptions
 from hwcaps_fs.errors import PathError
+from hwcaps_fs.fuse.first_scan import ScanAhead, first_scan
 from hwcaps_fs.system import handshake
 from hwcaps_fs.system.bindmount import runtime_name
 from hwcaps_fs.system.mountinfo import MountEntry, parse_mountinfo
@@ -76,3 +78,78 @@ def test_handshake_carries_a_word_or_an_exception() -> None:
     read_end, write_end = os.pipe()
     os.close(write_end)  # the child died before a word
     assert handshake.receive(read_end) is None
+
+
+def test_handshake_carries_more_than_a_pipe_holds() -> None:
+    """A first scan of many names is megabytes: written while the other end reads it."""
+    message = [os.urandom(1000) for _ in range(3000)]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        handshake.send(write_end, message)
+        os._exit(0)
+    os.close(write_end)
+    try:
+        assert handshake.receive(read_end) == message
+    finally:
+        os.waitpid(pid, 0)
+
+
+def many_names(root: Path) -> Path:
+    """A store of 300 names, two with a variant."""
+    for relpath in [*(f"bin/name{i:03d}" for i in range(300)),
+                    "glibc-hwcaps/x86-64-v2/bin/name000", "glibc-hwcaps/x86-64-v2/bin/name001"]:
+        path = root / "store" / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    (root / "mnt").mkdir()
+    return root
+
+
+def assert_reaped(pid: int) -> None:
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_the_first_scan_comes_from_a_child_as_this_process_would_make_it(
+        tmp_path: Path) -> None:
+    paths = check_paths(config(many_names(tmp_path) / "store", tmp_path / "mnt"))
+    with ScanAhead(paths) as scan:
+        child = scan._child
+        received = scan.result()
+        own = first_scan(paths, scan.root_fd)
+        assert child is not None
+        assert_reaped(child)  # by result(), in the process that made it: no zombie meanwhile
+    assert received == own
+    assert len(received.store.files) == 300
+    assert set(received.store.files["bin/name000"]) == {None, "x86-64-v2"}
+    foo, bar = (received.store.files[f"bin/name{i:03d}"][None] for i in (100, 200))
+    assert foo.mode is bar.mode and foo.dev is bar.dev  # shared again once loaded
+
+
+def test_a_first_scan_child_that_dies_leaves_the_scan_to_this_process(tmp_path: Path) -> None:
+    paths = check_paths(config(many_names(tmp_path) / "store", tmp_path / "mnt"))
+    with ScanAhead(paths) as scan:
+        assert scan._child is not None
+        os.kill(scan._child, signal.SIGKILL)
+        assert scan.result() == first_scan(paths, scan.root_fd)
+
+
+def test_a_mount_that_fails_early_stops_and_reaps_its_scanning_child(tmp_path: Path) -> None:
+    paths = check_paths(config(many_names(tmp_path) / "store", tmp_path / "mnt"))
+    scan = ScanAhead(paths)
+    child = scan._child
+    assert child is not None
+    scan.close()  # result() never asked: the mount failed before it needed the scan
+    assert_reaped(child)
+    with pytest.raises(OSError):
+        os.fstat(scan.root_fd)
+
+
+def test_first_scan_refuses_a_root_that_is_gone(tmp_path: Path) -> None:
+    paths = check_paths(config(many_names(tmp_path) / "store", tmp_path / "mnt"))
+    (tmp_path / "store").rename(tmp_path / "elsewhere")
+    with pytest.raises(PathError, match=r"ROOT .*store: No such file or directory"):
+        ScanAhead(paths)

@@ -373,6 +373,7 @@ def _run_mount(args: argparse.Namespace) -> int:
     from hwcaps_fs.commands.mount import mount
     from hwcaps_fs.core.mount_options import parse_mount_options
     from hwcaps_fs.system.preflight import MountConfig
+    from hwcaps_fs.system.process import exit_now
 
     options = parse_mount_options(args.options, is_root=os.geteuid() == 0)
     root, mountpoint = _root_and_mountpoint(args.root, args.source, args.mountpoint)
@@ -385,6 +386,8 @@ def _run_mount(args: argparse.Namespace) -> int:
         foreground=args.foreground,
     )
     mount(config)
+    if not config.foreground:
+        exit_now(0)
     return 0
 
 

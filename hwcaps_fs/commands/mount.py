@@ -7,15 +7,19 @@ import gc
 import logging
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from hwcaps_fs.errors import MountError
-from hwcaps_fs.fuse.serve import Serving, serve
+from hwcaps_fs.fuse.first_scan import ScanAhead
 from hwcaps_fs.system.logs import log_to_stderr
 from hwcaps_fs.system.mountinfo import mounts_at
 from hwcaps_fs.system.namespaces import detach
 from hwcaps_fs.system.namespaces import umount as sys_umount
 from hwcaps_fs.system.preflight import MountConfig, MountLock, canonical, check_paths
 from hwcaps_fs.system.process import notify, start_detached
+
+if TYPE_CHECKING:
+    from hwcaps_fs.fuse.serve import Serving
 
 
 def mount(config: MountConfig, *, stderr_fallback: bool = False) -> None:
@@ -28,29 +32,37 @@ def mount(config: MountConfig, *, stderr_fallback: bool = False) -> None:
     """
     # What the imports made lives as long as the process: frozen (before the fork, as gc
     # advises), the cycle collector does not walk it again, in the daemon nor when this
-    # process exits once the daemon serves (20 ms of interpreter teardown).
+    # process exits once the daemon serves (20 ms of interpreter teardown). Nothing made from
+    # here until the view is built is garbage either (the FUSE stack's imports, the store, the
+    # view): the collector pauses until the daemon has built its view (fuse.serve).
     gc.freeze()
+    gc.disable()
     quiet = not (config.foreground or config.options.debug)
     log_to_stderr(logging.DEBUG if config.options.debug else
                   logging.WARNING if quiet else logging.INFO)
     lock = MountLock(canonical(config.mountpoint, "MOUNTPOINT"))
     try:
         paths = check_paths(config)
-        if config.foreground:
-            def ready(serving: Serving) -> None:
-                lock.release()
-                notify(f"READY=1\nSTATUS={serving.status()}")
+        with ScanAhead(paths) as scan:
+            # Imported while the child scans: pyfuse3 and trio take as long as a scan of
+            # 5,000 names, and the two CPUs of the smallest machine can do both at once.
+            from hwcaps_fs.fuse.serve import serve
 
-            serve(paths, ready)
-            notify("STOPPING=1")
-            return
+            if config.foreground:
+                def ready(serving: Serving) -> None:
+                    lock.release()
+                    notify(f"READY=1\nSTATUS={serving.status()}")
 
-        def daemon(ready: Callable[[], None]) -> None:
-            lock.forget()
-            serve(paths, lambda serving: ready())
+                serve(paths, scan, ready)
+                notify("STOPPING=1")
+                return
 
-        start_detached(daemon, keep_stdio=config.options.debug, what=paths.mountpoint,
-                       stderr_fallback=stderr_fallback)
+            def daemon(ready: Callable[[], None]) -> None:
+                lock.forget()
+                serve(paths, scan, lambda serving: ready())
+
+            start_detached(daemon, keep_stdio=config.options.debug, what=paths.mountpoint,
+                           stderr_fallback=stderr_fallback)
     finally:
         lock.release()
 

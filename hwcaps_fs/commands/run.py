@@ -158,7 +158,7 @@ def _start_keeper(config: RunConfig, isolation: Isolation) -> str:
     if isinstance(outcome, str):
         return outcome
     os.waitpid(pid, 0)
-    if outcome is None:
+    if not isinstance(outcome, BaseException):
         raise MountError("run: the view could not be prepared (the helper process died)")
     raise outcome
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import enum
 import os
 import stat
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
 from hwcaps_fs.core.access import PERMISSION_BITS, DirAccess, restricted
@@ -79,6 +79,52 @@ class StatRecord:
     def reachable_mode(self) -> int:
         """``mode`` without the permissions the directories above deny (what a view shows)."""
         return shared(restricted(self.mode, self.reachable_bits))
+
+    def __reduce__(self) -> tuple[Callable[..., StatRecord], tuple[Any, ...]]:
+        """Pickled as its values in field order: a store's records cross a pipe as the daemon
+        starts (:mod:`hwcaps_fs.fuse.first_scan`), and the dataclass' own pickling (a dict of
+        fields, set one by one in Python) took twice as long to load."""
+        names = _fields_of(type(self)).names
+        return _record, (type(self), *(getattr(self, name) for name in names))
+
+
+#: The fields whose values :func:`shared` keeps once: a loaded record shares them again.
+_SHARED_FIELDS = frozenset({"mode", "uid", "gid", "dev", "reachable_bits"})
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """A record class' fields in order, how to set each on a new record (its slot, which a
+    frozen class' ``__setattr__`` does not offer), and which to share."""
+
+    names: tuple[str, ...]
+    setters: tuple[Callable[[Any, Any], None], ...]
+    shared: tuple[int, ...]
+
+
+_FIELDS: dict[type[StatRecord], _Fields] = {}
+
+
+def _fields_of(cls: type[StatRecord]) -> _Fields:
+    known = _FIELDS.get(cls)
+    if known is None:
+        names = tuple(item.name for item in fields(cls))
+        known = _FIELDS[cls] = _Fields(
+            names, tuple(getattr(cls, name).__set__ for name in names),
+            tuple(index for index, name in enumerate(names) if name in _SHARED_FIELDS))
+    return known
+
+
+def _record(cls: type[StatRecord], *values: Any) -> StatRecord:
+    """The record of class ``cls`` with ``values`` in field order (unpickling: no checks, as
+    the records were made by the same program)."""
+    known = _fields_of(cls)
+    record, settled = object.__new__(cls), list(values)
+    for index in known.shared:
+        settled[index] = shared(settled[index])
+    for setter, value in zip(known.setters, settled, strict=True):
+        setter(record, value)
+    return record
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

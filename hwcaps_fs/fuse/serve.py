@@ -52,8 +52,8 @@ from hwcaps_fs.core.view import (
     is_privileged,
     patch_view,
 )
-from hwcaps_fs.detect.cpu import Detection, detect
-from hwcaps_fs.errors import MountError, PathError, show
+from hwcaps_fs.detect.cpu import Detection
+from hwcaps_fs.errors import MountError, show
 from hwcaps_fs.fuse import fastpath
 from hwcaps_fs.fuse.backing import (
     BackingFiles,
@@ -61,8 +61,8 @@ from hwcaps_fs.fuse.backing import (
     grow_descriptor_table,
     raise_file_limit,
 )
+from hwcaps_fs.fuse.first_scan import ScanAhead
 from hwcaps_fs.fuse.operations import HwcapsOperations
-from hwcaps_fs.store.scan import scan_fd
 from hwcaps_fs.store.watch import Change, Changes, Watcher, apply_changes, has_variant_link
 from hwcaps_fs.system.bindmount import bind_underlying, unbind
 from hwcaps_fs.system.guard import Guard
@@ -257,13 +257,6 @@ class _Daemon:
                             f"serving the directory it mounted ({how})"])
 
 
-def _open_root(root: str) -> int:
-    try:
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise PathError(f"ROOT {root}: {exc.strerror}") from None
-
-
 def _on_fuse(fd: int) -> bool:
     """Whether the directory open as ``fd`` is on a FUSE file system (fstatfs' f_type, the
     first field of struct statfs; os.fstatvfs does not give it)."""
@@ -273,15 +266,14 @@ def _on_fuse(fd: int) -> bool:
     return ctypes.c_long.from_buffer(buffer).value == FUSE_SUPER_MAGIC
 
 
-def _prepare(paths: MountPaths, root_fd: int) -> _Daemon:
-    config, options = paths.config, paths.config.options
+def _prepare(paths: MountPaths, scan: ScanAhead) -> _Daemon:
+    options, root_fd = paths.config.options, scan.root_fd
     is_root = os.geteuid() == 0
-    detection = detect(dataclasses.replace(config.detect_options, cross_check=False))
+    first = scan.result()
+    detection, store = first.detection, first.store
     for message in detection.warnings:
         log.warning("%s", message)
     target = detection.target(require_trusted=options.serves_root())
-    store = scan_fd(root_fd, paths.root, detection.architecture, config.layout,
-                    read_baselines=False)
     link_base: str | None = paths.root
     if paths.in_place:
         link_base = bind_underlying(root_fd, paths.mountpoint) if is_root else None
@@ -457,30 +449,29 @@ def _mounted(paths: MountPaths, ops: HwcapsOperations, root_fd: int) -> Iterator
 @contextlib.contextmanager
 def _built_at_once() -> Iterator[None]:
     """Build the store and the view with the cycle collector paused, then freeze what was
-    built: it lives as long as the view, and nothing in it refers back to itself, so reference
-    counting frees what an update replaces. Otherwise the collector walks the growing heap
-    again and again while nothing can be collected (1.5 s of 4 at 100,000 names)."""
-    enabled = gc.isenabled()
+    built and collect from then on: it lives as long as the view, and nothing in it refers
+    back to itself, so reference counting frees what an update replaces. Otherwise the
+    collector walks the growing heap again and again while nothing can be collected (1.5 s
+    of 4 at 100,000 names)."""
     gc.disable()
     try:
         yield
     finally:
         gc.freeze()
-        if enabled:
-            gc.enable()
+        gc.enable()
 
 
-def serve(paths: MountPaths, ready: Callable[[Serving], None]) -> None:
-    """Prepare, mount, serve until unmounted or signalled, clean up; ``ready`` is called once
-    the mount serves, with what it serves."""
+def serve(paths: MountPaths, scan: ScanAhead, ready: Callable[[Serving], None]) -> None:
+    """Prepare (from ``scan``, which holds the ROOT fd), mount, serve until unmounted or
+    signalled, clean up; ``ready`` is called once the mount serves, with what it serves."""
     os.chdir("/")
     raise_file_limit()
     sys.setswitchinterval(SWITCH_INTERVAL)
-    root_fd = _open_root(paths.root)
+    root_fd = scan.root_fd
     daemon: _Daemon | None = None
     try:
         with _built_at_once():
-            daemon = _prepare(paths, root_fd)
+            daemon = _prepare(paths, scan)
             view = daemon.view()
         backing = BackingFiles(root_fd, descriptor_budget())
         grow_descriptor_table(root_fd, backing.budget)
@@ -502,4 +493,3 @@ def serve(paths: MountPaths, ready: Callable[[Serving], None]) -> None:
     finally:
         if daemon is not None and paths.in_place and daemon.link_base is not None:
             unbind(daemon.link_base)
-        os.close(root_fd)

@@ -1,9 +1,12 @@
-"""The word a background process sends the process waiting for it: how it went.
+"""The word a background process sends the process waiting for it: how it went, or what it
+made.
 
 ``mount`` waits for its detached daemon to serve, ``run`` for its keeper to make the view
-appear; both hear either a success (a string: what is ready) or the exception to raise, over a
-pipe, as a length-prefixed pickle (parent and child are the same program, so any exception
-travels, with its class and message). A child that dies before a word leaves the pipe empty.
+appear; both hear either a success (a string: what is ready) or the exception to raise. The
+daemon hears the store its first scan found (:mod:`hwcaps_fs.fuse.first_scan`). Each travels
+over a pipe as a length-prefixed pickle (parent and child are the same program, so any
+exception travels, with its class and message). A child that dies before a word leaves the
+pipe empty.
 """
 
 from __future__ import annotations
@@ -16,17 +19,18 @@ from hwcaps_fs.errors import MountError
 
 _LENGTH = struct.Struct("!I")
 
+#: How a wait ended: what is ready, or the error to raise.
 Outcome = str | BaseException
 
 
-def send(fd: int, outcome: Outcome) -> None:
+def send(fd: int, outcome: object) -> None:
     """Send ``outcome`` on the pipe end ``fd``, then close it. The waiting side may be gone
     (it was killed): that is not an error here."""
     try:
         payload = pickle.dumps(outcome)
     except Exception:
         payload = pickle.dumps(MountError(f"{type(outcome).__name__}: {outcome}"))
-    data = _LENGTH.pack(len(payload)) + payload
+    data = memoryview(_LENGTH.pack(len(payload)) + payload)
     try:
         while data:
             data = data[os.write(fd, data):]
@@ -36,7 +40,7 @@ def send(fd: int, outcome: Outcome) -> None:
         os.close(fd)
 
 
-def receive(fd: int) -> Outcome | None:
+def receive(fd: int) -> object | None:
     """The outcome sent on the pipe end ``fd`` (closed afterwards); None when the other side
     ended without sending one."""
     try:
@@ -46,15 +50,16 @@ def receive(fd: int) -> Outcome | None:
         os.close(fd)
     if not payload:
         return None
-    outcome: Outcome = pickle.loads(payload)
-    return outcome
+    message: object = pickle.loads(payload)
+    return message
 
 
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
+def _read_exactly(fd: int, size: int) -> bytearray | None:
+    data = bytearray(size)
+    view, done = memoryview(data), 0
+    while done < size:  # a pipe gives 64 KiB at a time: a scan of megabytes, in one buffer
+        count = os.readv(fd, [view[done:]])
+        if not count:
             return None
-        data += chunk
+        done += count
     return data
