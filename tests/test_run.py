@@ -14,19 +14,22 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from hwcaps_fs.commands.symlink_view import SymlinkView, plan_symlink_view, write_symlink_view
 from hwcaps_fs.core.levels import X86_64
+from hwcaps_fs.core.mount_options import MountOptions
 from hwcaps_fs.core.resolve import Target, resolve_store
+from hwcaps_fs.core.view_options import apply_view_options
 from hwcaps_fs.store.scan import scan
 from hwcaps_fs.system.mountinfo import parse_mountinfo
 from tests.builders import compile_level, install
-from tests.mounting import DEADLINE, ENVIRONMENT
+from tests.mounting import DEADLINE, ENVIRONMENT, assert_one_line_error
 from tests.places import OthersPython, public_temporary_directory
+from tests.test_loader_systems import solus_system
 from tests.users import AS_NOBODY
 
 VARIANTS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
@@ -98,10 +101,11 @@ def served_path(store: Path, level: str) -> Path:
 
 
 def hwcaps_fs_run(root: Path, mountpoint: Path | None, *command: str,
-                  python: OthersPython | None = None) -> list[str]:
+                  python: OthersPython | None = None, given: Sequence[str] = ()) -> list[str]:
+    """The command line of ``run``, with the options ``given`` (``-o``, ``--layout``...)."""
     where = [] if mountpoint is None else ["--mountpoint", str(mountpoint)]
     interpreter = python.argv if python else [sys.executable]
-    return [*interpreter, "-m", "hwcaps_fs", "run", "--root", str(root), *where, "--",
+    return [*interpreter, "-m", "hwcaps_fs", "run", "--root", str(root), *where, *given, "--",
             *command]
 
 
@@ -158,7 +162,7 @@ def test_symlink_view_serves_best_variant_and_merges_directories(tmp_path: Path)
     store = scan(str(root), arch)
     target = Target(arch, ("x86-64-v3", "x86-64-v2"), None, require_trusted=False)
 
-    view = plan_symlink_view(store, resolve_store(store, target))
+    view = plan_symlink_view(store.dirs, resolve_store(store, target).values())
 
     assert view == SymlinkView(
         dirs=("bin", "libexec"),
@@ -169,6 +173,40 @@ def test_symlink_view_serves_best_variant_and_merges_directories(tmp_path: Path)
     write_symlink_view(view, str(top), str(root))
     result = subprocess.run([top / "bin" / "foo"], capture_output=True, text=True, check=True)
     assert result.stdout == "v3\n"
+
+
+def test_symlink_view_has_the_levels_view_and_loader_links(tmp_path: Path) -> None:
+    """The mounted view's ``levels_view`` and ``loader_links``, planned as symlinks: a link to
+    the loader leads into DIR, and under ``.hwcaps/<level>/`` into the levels view of the view
+    DIR is in."""
+    root = tmp_path / "store"
+    _script(root / "foo", "baseline")
+    _script(root / "glibc-hwcaps" / "x86-64-v3" / "foo", "v3")
+    _script(root / "hwcaps-loader", "loader")
+    (root / "bar").symlink_to("hwcaps-loader")
+    store = scan(str(root), X86_64)
+    target = Target(X86_64, ("x86-64-v3", "x86-64-v2"), None, require_trusted=False)
+    options = MountOptions(allow_other=False, levels_view=True, loader_links="/views/hw/bin")
+    applied = apply_view_options(store, target, resolve_store(store, target).values(),
+                                 options, "/views/hw")
+
+    view = plan_symlink_view(applied.dirs, applied.resolutions)
+
+    levels = (".hwcaps/baseline", ".hwcaps/x86-64-v2", ".hwcaps/x86-64-v3")
+    assert view.dirs == (".hwcaps", *levels)
+    assert view.links == (
+        (".hwcaps/baseline/foo", "foo"), (".hwcaps/baseline/hwcaps-loader", "hwcaps-loader"),
+        (".hwcaps/x86-64-v2/foo", "foo"), (".hwcaps/x86-64-v2/hwcaps-loader", "hwcaps-loader"),
+        (".hwcaps/x86-64-v3/foo", "glibc-hwcaps/x86-64-v3/foo"),
+        (".hwcaps/x86-64-v3/hwcaps-loader", "hwcaps-loader"),
+        ("foo", "glibc-hwcaps/x86-64-v3/foo"), ("hwcaps-loader", "hwcaps-loader"))
+    assert view.verbatim == (*((f"{level}/bar", f"/views/hw/{level}/bin/bar")
+                               for level in levels), ("bar", "/views/hw/bin/bar"))
+    assert applied.warnings == ()
+    alone = apply_view_options(store, target, (), options, None, ())
+    assert alone.warnings == ("loader_links /views/hw/bin is in no hwcaps-fs view: the links "
+                              "to hwcaps-loader under .hwcaps/ run the loader, which picks by "
+                              "CPUID, not by level",)
 
 
 # -- real runs ---------------------------------------------------------------------------
@@ -240,6 +278,68 @@ def test_without_fuse_in_place_links_through_a_private_bind(area: Path, store: P
     relative = served_path(store, level).relative_to(store)
     assert link.endswith(f"/{relative}") and not link.startswith(f"{store}/")
     assert sorted(str(path) for path in store.rglob("*")) == before
+    assert_nothing_left(area)
+
+
+@mount
+def test_without_fuse_the_symlink_view_has_the_levels_view(area: Path, store: Path,
+                                                          level: str) -> None:
+    skip_without("unshare")
+    view = area / "view"
+    script = f'cd "{view}/.hwcaps" && for level in *; do echo "$level" "$("$level/bin/prog")"; done'
+    result = execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh",
+                      *hwcaps_fs_run(store, view, "sh", "-c", script, given=["-o", "levels_view"])])
+    assert result.returncode == 0, result.stderr
+    levels = [X86_64.baseline.name, *X86_64.level_names[:X86_64.rank(level)]]
+    assert result.stdout.splitlines() == [f"{name} {name}" for name in levels]
+    assert result.stderr.splitlines() == [
+        fallback_line(store, view, "/dev/fuse is not the FUSE device")]
+    assert_nothing_left(area)
+
+
+@mount
+def test_without_fuse_loader_links_lead_into_dir(area: Path, binaries: Path,
+                                                 level: str) -> None:
+    """A system packaged for hwcaps-loader in a container without FUSE: a symlink view of
+    usr/hwcaps, then one of usr/bin in place whose links to the loader lead into it. A
+    symlink view is no hwcaps-fs view: the links under .hwcaps/<level>/ stay the loader's."""
+    skip_without("unshare")
+    usr = solus_system(binaries, area / "usr")
+    hw = area / "hw"
+    built = min(level, "x86-64-v3", key=X86_64.rank)
+    expected = "x86-64-v1" if X86_64.rank(built) == 0 else built
+    script = (f'readlink "{usr}/bin/foo"; "{usr}/bin/foo"; "{usr}/bin/bar"; '
+              f'"{usr}/bin/.hwcaps/{level}/foo"')
+    inner = hwcaps_fs_run(usr / "bin", usr / "bin", "sh", "-c", script,
+                          given=["-o", f"loader_links={hw}/bin,levels_view"])
+    outer = hwcaps_fs_run(usr / "hwcaps", hw, *inner, given=["--layout", "loader"])
+    result = execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh", *outer])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{hw}/bin/foo", expected, expected,
+                                          "hwcaps-loader ran"]
+    assert result.stderr.splitlines() == [
+        fallback_line(usr / "hwcaps", hw, "/dev/fuse is not the FUSE device"),
+        f"hwcaps-fs: warning: loader_links {hw}/bin is in no hwcaps-fs view: the links to "
+        "hwcaps-loader under .hwcaps/ run the loader, which picks by CPUID, not by level",
+        fallback_line(usr / "bin", usr / "bin", "/dev/fuse is not the FUSE device")]
+    assert_nothing_left(area)
+
+
+@mount
+def test_without_fuse_loader_links_into_a_directory_a_user_can_change_is_refused(
+        area: Path, binaries: Path) -> None:
+    """As for a mount: root would run whatever a user put there."""
+    skip_without("unshare")
+    usr = solus_system(binaries, area / "usr")
+    shared = area / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    result = execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh",
+                      *hwcaps_fs_run(usr / "bin", area / "view", "true",
+                                     given=["-o", f"loader_links={shared}"])])
+    assert_one_line_error(result, 3)
+    assert result.stderr.startswith(f"hwcaps-fs: loader_links {shared}: ")
+    assert result.stderr.endswith("and root would run what they put there\n")
     assert_nothing_left(area)
 
 

@@ -50,6 +50,7 @@ from hwcaps_fs.commands.symlink_view import plan_symlink_view, write_symlink_vie
 from hwcaps_fs.core.model import Layout
 from hwcaps_fs.core.mount_options import MountOptions
 from hwcaps_fs.core.resolve import resolve_store
+from hwcaps_fs.core.view_options import apply_view_options
 from hwcaps_fs.detect.cpu import DetectOptions, detect
 from hwcaps_fs.errors import (
     CommandNotExecutableError,
@@ -61,8 +62,9 @@ from hwcaps_fs.errors import (
 )
 from hwcaps_fs.store.scan import scan
 from hwcaps_fs.system import handshake, namespaces
+from hwcaps_fs.system.mountinfo import view_containing
 from hwcaps_fs.system.namespaces import Isolation
-from hwcaps_fs.system.preflight import MountConfig, canonical
+from hwcaps_fs.system.preflight import MountConfig, canonical, check_loader_links
 
 #: Set for CMD to the view's directory when no ``--mountpoint`` was given (it has no other
 #: way to know where the private directory is). Nothing else in CMD's environment changes.
@@ -336,13 +338,19 @@ def _serve_symlinks(config: RunConfig, isolation: Isolation, top: str,
                     cleanup: contextlib.ExitStack) -> None:
     """Write the view for this CPU as symlinks: on a tmpfs over ``top`` in a private
     namespace (through a private bind of ROOT if ``top`` covers it), else into ``top``."""
+    options = config.mount_options
+    if options.loader_links is not None:
+        check_loader_links(options.loader_links, options.serves_root())
     detection = detect(config.detect_options)
     store = scan(config.root, detection.architecture, config.layout)
-    for message in (*detection.warnings, *store.warnings):
+    target = detection.target(require_trusted=options.serves_root())
+    loader_view = (view_containing(options.loader_links)
+                   if options.loader_links is not None and options.levels_view else None)
+    applied = apply_view_options(store, target, resolve_store(store, target).values(),
+                                 options, loader_view)
+    for message in (*detection.warnings, *store.warnings, *applied.warnings):
         print(show(f"hwcaps-fs: warning: {message}"), file=sys.stderr, flush=True)
-    target = detection.target(require_trusted=config.mount_options.serves_root())
-    resolutions = resolve_store(store, target)
-    view = plan_symlink_view(store, resolutions)
+    view = plan_symlink_view(applied.dirs, applied.resolutions)
     link_base = config.root
     if isolation.private:
         if _covers(top, config.root):

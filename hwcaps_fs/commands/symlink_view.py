@@ -5,7 +5,8 @@ is known when the container starts, so the view for *this* CPU can be written ou
 served name becomes a symlink to the file it serves, every directory of the merged view a real
 directory. Nothing follows changes to the store afterwards (a container's store does not
 change), and privileged programs keep their privileges since the symlinks lead to the real
-files.
+files. ``-o levels_view`` and ``-o loader_links`` make the names they make in the mounted view
+(:mod:`hwcaps_fs.core.view_options`).
 
 :func:`plan_symlink_view` is pure; :func:`write_symlink_view` does the I/O.
 """
@@ -13,10 +14,9 @@ files.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hwcaps_fs.core.model import Store
 from hwcaps_fs.core.resolve import Resolution
 from hwcaps_fs.system.namespaces import make_directory
 
@@ -33,17 +33,17 @@ class SymlinkView:
     verbatim: tuple[tuple[str, str], ...] = ()
 
 
-def plan_symlink_view(store: Store, resolutions: Mapping[str, Resolution]) -> SymlinkView:
-    """What to create for ``store`` resolved as ``resolutions`` (names nothing serves are
-    left out, as the mounted view leaves them out)."""
+def plan_symlink_view(dirs: Iterable[str], resolutions: Iterable[Resolution]) -> SymlinkView:
+    """What to create for the view's directories ``dirs`` (the top is ``""``) and names
+    ``resolutions`` (those nothing serves are left out, as the mounted view leaves them out)."""
     # Sorting puts a directory before everything below it ("a" < "a-b" < "a/b").
-    dirs = tuple(sorted(path for path in store.dirs if path))
-    served = sorted((relpath, resolution.served) for relpath, resolution in resolutions.items()
+    made = tuple(sorted(path for path in dirs if path))
+    served = sorted((resolution.relpath, resolution.served) for resolution in resolutions
                     if resolution.served is not None)
     links = tuple((relpath, c.source) for relpath, c in served if c.verbatim_link is None)
     verbatim = tuple((relpath, c.verbatim_link) for relpath, c in served
                      if c.verbatim_link is not None)
-    return SymlinkView(dirs, links, verbatim)
+    return SymlinkView(made, links, verbatim)
 
 
 def write_symlink_view(view: SymlinkView, top: str, link_base: str) -> None:

@@ -83,7 +83,7 @@ def check_paths(config: MountConfig) -> MountPaths:
         raise PathError(f"MOUNTPOINT {mountpoint} is inside ROOT {root}: the daemon would "
                         "scan its own mount")
     if config.options.loader_links is not None:
-        _check_loader_links(config.options.loader_links, config.options.serves_root())
+        check_loader_links(config.options.loader_links, config.options.serves_root())
     in_place = root == mountpoint or root.startswith(mountpoint.rstrip("/") + "/")
     if not in_place and config.options.serves_root():
         _check_mountpoint(mountpoint)
@@ -105,7 +105,7 @@ def _directory(path: str, role: str) -> os.stat_result:
     return st
 
 
-def _check_loader_links(directory: str, serves_root: bool) -> None:
+def check_loader_links(directory: str, serves_root: bool) -> None:
     """``loader_links=DIR`` must be a directory and, when root may run what the view serves,
     one that only root can change, like the way to it (every directory and symlink on it,
     :func:`~hwcaps_fs.store.files.untrusted_path`): the view's links send every exec of a
