@@ -32,14 +32,7 @@ from dataclasses import dataclass, field, replace
 import pyfuse3
 import trio
 
-from hwcaps_fs.core.level_views import (
-    LEVELS_DIR,
-    is_taken,
-    level_paths,
-    level_views,
-    store_name,
-)
-from hwcaps_fs.core.loader_links import into, into_levels, redirect_loader_links
+from hwcaps_fs.core.level_views import is_taken, level_paths, store_name
 from hwcaps_fs.core.model import DirInfo, Store, locate, tree_roots
 from hwcaps_fs.core.resolve import Resolution, Target, resolve, resolve_store
 from hwcaps_fs.core.view import (
@@ -52,6 +45,7 @@ from hwcaps_fs.core.view import (
     is_privileged,
     patch_view,
 )
+from hwcaps_fs.core.view_options import apply_view_options
 from hwcaps_fs.detect.cpu import Detection
 from hwcaps_fs.errors import MountError, show
 from hwcaps_fs.fuse import fastpath
@@ -177,20 +171,10 @@ class _Daemon:
         """The view's directories, and ``resolutions`` (of the names ``relpaths``, or of every
         name when None) with what the options make of them: links to the loader redirected,
         the names of the levels view."""
-        options = self.paths.config.options
-        dirs, served = self.store.dirs, resolutions
-        if options.loader_links is not None:
-            served = redirect_loader_links(served, into(options.loader_links))
-        if options.levels_view:
-            extra = level_views(self.store, self.target, relpaths)
-            self.warn_once([extra.warning] if extra.warning else [])
-            dirs = {**dirs, **extra.dirs}
-            levels = list(extra.resolutions)
-            if options.loader_links is not None and self.loader_view is not None:
-                levels = redirect_loader_links(levels, into_levels(self.loader_view,
-                                                                   options.loader_links))
-            served = [*served, *levels]
-        return dirs, served
+        applied = apply_view_options(self.store, self.target, resolutions,
+                                     self.paths.config.options, self.loader_view, relpaths)
+        self.warn_once(applied.warnings)
+        return applied.dirs, applied.resolutions
 
     def _note(self, resolutions: Iterable[Resolution],
               known: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -281,10 +265,6 @@ def _prepare(paths: MountPaths, scan: ScanAhead) -> _Daemon:
     daemon.warn_once(store.warnings)
     if options.loader_links is not None and options.levels_view:
         daemon.loader_view = view_containing(options.loader_links)
-        if daemon.loader_view is None:
-            log.warning("loader_links %s is in no hwcaps-fs view: the links to hwcaps-loader "
-                        "under %s/ run the loader, which picks by CPUID, not by level",
-                        options.loader_links, LEVELS_DIR)
     if _on_fuse(root_fd):
         log.warning("ROOT %s is on a FUSE file system, which reports no changes: the view "
                     "follows it only when told (kill -HUP the daemon, or systemctl reload)",
