@@ -30,13 +30,6 @@ def mount(config: MountConfig, *, stderr_fallback: bool = False) -> None:
     none and ``stderr_fallback`` is set, to the stderr the daemon started with: warnings, and
     in the foreground or with ``debug`` also what is served where.
     """
-    # What the imports made lives as long as the process: frozen (before the fork, as gc
-    # advises), the cycle collector does not walk it again, in the daemon nor when this
-    # process exits once the daemon serves (20 ms of interpreter teardown). Nothing made from
-    # here until the view is built is garbage either (the FUSE stack's imports, the store, the
-    # view): the collector pauses until the daemon has built its view (fuse.serve).
-    gc.freeze()
-    gc.disable()
     quiet = not (config.foreground or config.options.debug)
     log_to_stderr(logging.DEBUG if config.options.debug else
                   logging.WARNING if quiet else logging.INFO)
@@ -47,6 +40,10 @@ def mount(config: MountConfig, *, stderr_fallback: bool = False) -> None:
             # Imported while the child scans: pyfuse3 and trio take as long as a scan of
             # 5,000 names, and the two CPUs of the smallest machine can do both at once.
             from hwcaps_fs.fuse.serve import serve
+
+            # What the imports made lives as long as the process: frozen before the fork (as
+            # gc advises), the cycle collector does not walk it again in the daemon.
+            gc.freeze()
 
             if config.foreground:
                 def ready(serving: Serving) -> None:

@@ -429,16 +429,20 @@ def _mounted(paths: MountPaths, ops: HwcapsOperations, root_fd: int) -> Iterator
 @contextlib.contextmanager
 def _built_at_once() -> Iterator[None]:
     """Build the store and the view with the cycle collector paused, then freeze what was
-    built and collect from then on: it lives as long as the view, and nothing in it refers
-    back to itself, so reference counting frees what an update replaces. Otherwise the
-    collector walks the growing heap again and again while nothing can be collected (1.5 s
-    of 4 at 100,000 names)."""
+    built: it lives as long as the view, and nothing in it refers back to itself, so reference
+    counting frees what an update replaces. Otherwise the collector walks the growing heap
+    again and again while nothing can be collected (1.5 s of 4 at 100,000 names). Then the
+    heap's free pages go back to the system (the tables that building outgrew: 0.6 MB of
+    the daemon's memory at 10,000 names)."""
+    enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         gc.freeze()
-        gc.enable()
+        libc.malloc_trim(0)
+        if enabled:
+            gc.enable()
 
 
 def serve(paths: MountPaths, scan: ScanAhead, ready: Callable[[Serving], None]) -> None:

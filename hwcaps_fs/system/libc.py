@@ -1,5 +1,5 @@
 """The C library, for the system calls Python 3.11's ``os`` lacks (unshare, mount, umount2,
-prctl, inotify).
+prctl, inotify), and malloc_trim.
 
 Every wrapper checks its result with :func:`check`, which raises :class:`OSError` with the
 errno as ``os`` functions do, so callers can tell "not permitted here" from a real failure.
@@ -17,6 +17,7 @@ libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                        ctypes.c_ulong]
+libc.malloc_trim.argtypes = [ctypes.c_size_t]
 
 
 def check(result: int, what: str | None = None) -> int:
