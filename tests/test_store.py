@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import stat
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -215,6 +217,38 @@ def test_capability_is_read(tmp_path: Path) -> None:
     assert store.files["bin/ping"][None].capability == value
     put(tmp_path, "bin/plain")
     assert scan(str(tmp_path), X86_64).files["bin/plain"][None].capability is None
+
+
+def test_a_scan_that_may_change_directory_reads_what_one_through_proc_reads(
+        tmp_path: Path) -> None:
+    """The first scan's child reads baselines' extended attributes by names relative to the
+    working directory (``chdir``): the same capabilities, ACL bits and symlinks followed."""
+    ping = put(tmp_path, "bin/ping")
+    put(tmp_path, "bin/plain")
+    put(tmp_path, "libexec/deep/tool")
+    (tmp_path / "bin/link").symlink_to("../libexec/deep/tool")
+    put(tmp_path, "glibc-hwcaps/x86-64-v2/bin/plain")
+    try:
+        os.setxattr(ping, "security.capability", struct.pack("<IIIII", 0x02000001, 1 << 13,
+                                                             0, 0, 0))
+    except OSError as exc:
+        pytest.skip(f"cannot set file capabilities here: {exc}")
+    if shutil.which("setfacl") is not None:
+        subprocess.run(["setfacl", "-m", "u:nobody:---", str(tmp_path / "libexec/deep/tool")],
+                       check=True)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    cwd = os.getcwd()
+    try:
+        through_proc, relative = (scan_fd(root_fd, str(tmp_path), X86_64, read_baselines=False,
+                                          chdir=chdir) for chdir in (False, True))
+    finally:
+        os.chdir(cwd)
+        os.close(root_fd)
+    assert relative == through_proc
+    assert relative.files["bin/ping"][None].capability is not None
+    assert relative.files["bin/link"][None].source == "libexec/deep/tool"
+    if shutil.which("setfacl") is not None:  # the ACL was read: others lose their bits
+        assert relative.files["bin/link"][None].reachable_bits & 0o007 == 0
 
 
 def test_untrusted(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hwcaps_fs.core.mount_options import MountOptions
 from hwcaps_fs.detect.cpu import DetectOptions
 from hwcaps_fs.errors import PathError
+from hwcaps_fs.fuse import first_scan as first_scan_module
 from hwcaps_fs.fuse.first_scan import ScanAhead, first_scan
 from hwcaps_fs.system import handshake
 from hwcaps_fs.system.bindmount import runtime_name
@@ -114,7 +115,8 @@ def assert_reaped(pid: int) -> None:
 
 
 def test_the_first_scan_comes_from_a_child_as_this_process_would_make_it(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(first_scan_module, "NAMES_PER_MESSAGE", 64)  # 5 messages, the last short
     paths = check_paths(config(many_names(tmp_path) / "store", tmp_path / "mnt"))
     with ScanAhead(paths) as scan:
         child = scan._child

@@ -18,6 +18,7 @@ handed back to ``os`` functions unchanged.
 from __future__ import annotations
 
 import enum
+import operator
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -84,8 +85,7 @@ class StatRecord:
         """Pickled as its values in field order: a store's records cross a pipe as the daemon
         starts (:mod:`hwcaps_fs.fuse.first_scan`), and the dataclass' own pickling (a dict of
         fields, set one by one in Python) took twice as long to load."""
-        names = _fields_of(type(self)).names
-        return _record, (type(self), *(getattr(self, name) for name in names))
+        return _record, (type(self), _fields_of(type(self)).values(self))
 
 
 #: The fields whose values :func:`shared` keeps once: a loaded record shares them again.
@@ -94,10 +94,11 @@ _SHARED_FIELDS = frozenset({"mode", "uid", "gid", "dev", "reachable_bits"})
 
 @dataclass(frozen=True)
 class _Fields:
-    """A record class' fields in order, how to set each on a new record (its slot, which a
-    frozen class' ``__setattr__`` does not offer), and which to share."""
+    """A record class' fields in order: how to read them all at once, how to set each on a
+    new record (its slot, which a frozen class' ``__setattr__`` does not offer), and which to
+    share."""
 
-    names: tuple[str, ...]
+    values: Callable[[Any], tuple[Any, ...]]
     setters: tuple[Callable[[Any, Any], None], ...]
     shared: tuple[int, ...]
 
@@ -110,12 +111,12 @@ def _fields_of(cls: type[StatRecord]) -> _Fields:
     if known is None:
         names = tuple(item.name for item in fields(cls))
         known = _FIELDS[cls] = _Fields(
-            names, tuple(getattr(cls, name).__set__ for name in names),
+            operator.attrgetter(*names), tuple(getattr(cls, name).__set__ for name in names),
             tuple(index for index, name in enumerate(names) if name in _SHARED_FIELDS))
     return known
 
 
-def _record(cls: type[StatRecord], *values: Any) -> StatRecord:
+def _record(cls: type[StatRecord], values: tuple[Any, ...]) -> StatRecord:
     """The record of class ``cls`` with ``values`` in field order (unpickling: no checks, as
     the records were made by the same program)."""
     known = _fields_of(cls)

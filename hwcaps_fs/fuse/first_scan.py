@@ -3,14 +3,16 @@
 Mounting spends its time on two things that do not depend on each other: importing pyfuse3
 and trio (about 0.1 s whatever the store) and detecting the CPU and scanning the store (about
 15 µs a name: 0.07 s at 5,000 names). The view sits before ``local-fs.target`` at boot and
-the machine has more than one CPU, so ``mount`` forks a child that scans while it imports. The
-result comes back over a pipe (:mod:`hwcaps_fs.system.handshake`: the same program on both
-ends), loaded in a fifth of the scan's time (the records pickle compactly:
-:meth:`hwcaps_fs.core.model.StatRecord.__reduce__`), :data:`NAMES_PER_MESSAGE` names at a
-time: unpickling keeps what it made for a message until its end, and what the records were
-built from would otherwise stay in the daemon's memory as holes between them (1.3 MB at
-10,000 names). A child that fails or dies sends no whole result, and the daemon then scans by
-itself, meeting the same error the way it always would.
+the machine has more than one CPU, so ``mount`` forks a child that scans while it imports.
+
+The scan comes back over a pipe (:mod:`hwcaps_fs.system.handshake`: the same program on both
+ends) as it goes, :data:`NAMES_PER_MESSAGE` names a message, and the daemon loads them while
+the child scans on (in a fifth of the time the scan took: the records pickle compactly,
+:meth:`hwcaps_fs.core.model.StatRecord.__reduce__`): in a large store, only the last message
+is left to load when the scan ends. Unpickling also holds what it made for a message until the
+message ends: in one message, what the records were built from stayed in the daemon's memory
+as holes between them (1.3 MB at 10,000 names). A child that fails or dies sends no whole
+scan, and the daemon then scans by itself, meeting the same error the way it always would.
 
 Nothing here may import pyfuse3 or trio: this module is imported before them, on purpose.
 """
@@ -19,18 +21,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import gc
 import os
 import signal
 from dataclasses import dataclass
 from types import TracebackType
 
-from hwcaps_fs.core.model import Store
+from hwcaps_fs.core.model import Candidate, Store
 from hwcaps_fs.detect.cpu import Detection, detect
 from hwcaps_fs.errors import PathError
 from hwcaps_fs.store.scan import scan_fd
 from hwcaps_fs.system import handshake
 from hwcaps_fs.system.preflight import MountPaths
+
+#: What a store holds of its names: the candidates of each view path.
+Files = dict[str, dict[str | None, Candidate]]
+
+#: How many names of the store each message carries (see the module's docstring).
+NAMES_PER_MESSAGE = 1000
+
+#: The pipe's capacity in bytes (Linux's default is 64 KiB): what the child scans before the
+#: daemon starts reading (it is still importing) waits in the pipe, not in a blocked child.
+PIPE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -41,49 +54,65 @@ class FirstScan:
     store: Store
 
 
-#: How many names of the store each message carries (see the module's docstring).
-NAMES_PER_MESSAGE = 1000
+def first_scan(paths: MountPaths, root_fd: int, files: Files | None = None, *,
+               chdir: bool = False) -> FirstScan:
+    """Detect the CPU and scan the store open as ``root_fd`` (baselines unread: serving
+    needs no ELF facts of them; ``files`` and ``chdir``: see
+    :func:`~hwcaps_fs.store.scan.scan_fd`)."""
+    config = paths.config
+    detection = detect(dataclasses.replace(config.detect_options, cross_check=False))
+    store = scan_fd(root_fd, paths.root, detection.architecture, config.layout,
+                    read_baselines=False, files=files, chdir=chdir)
+    return FirstScan(detection, store)
+
+
+class _Sending(Files):
+    """The store's files as the scan fills them, sent :data:`NAMES_PER_MESSAGE` at a time
+    as they come."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.pending: list[tuple[str, dict[str | None, Candidate]]] = []
+
+    def __setitem__(self, relpath: str, found: dict[str | None, Candidate]) -> None:
+        super().__setitem__(relpath, found)
+        self.pending.append((relpath, found))
+        if len(self.pending) == NAMES_PER_MESSAGE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            handshake.write(self.fd, self.pending)
+            self.pending = []
 
 
 @dataclass(frozen=True)
-class _Header:
-    """The first message: the scan with an empty ``store.files``, whose ``names`` entries
-    follow in lists of :data:`NAMES_PER_MESSAGE`."""
+class _End:
+    """The last message: the scan with an empty ``store.files``, and how many names the
+    messages before it carried."""
 
     first: FirstScan
     names: int
 
 
-def _send(fd: int, first: FirstScan) -> None:
-    files = list(first.store.files.items())
+def _scan_and_send(paths: MountPaths, root_fd: int, fd: int) -> None:
+    files = _Sending(fd)
+    first = first_scan(paths, root_fd, files, chdir=True)  # the child's own working directory
+    files.flush()
     store = dataclasses.replace(first.store, files={})
-    handshake.write(fd, _Header(dataclasses.replace(first, store=store), len(files)))
-    for start in range(0, len(files), NAMES_PER_MESSAGE):
-        handshake.write(fd, files[start:start + NAMES_PER_MESSAGE])
+    handshake.write(fd, _End(dataclasses.replace(first, store=store), len(files)))
 
 
 def _receive(fd: int) -> FirstScan | None:
-    """The scan :func:`_send` sent; None when a message is missing or odd."""
-    header = handshake.read(fd)
-    if not isinstance(header, _Header):
+    """The scan :func:`_scan_and_send` sent; None when a message is missing or odd."""
+    files: Files = {}
+    while isinstance(message := handshake.read(fd), list):
+        files.update(message)
+    if not isinstance(message, _End) or message.names != len(files):
         return None
-    files = header.first.store.files
-    while len(files) < header.names:
-        names = handshake.read(fd)
-        if not isinstance(names, list):
-            return None
-        files.update(names)
-    return header.first
-
-
-def first_scan(paths: MountPaths, root_fd: int) -> FirstScan:
-    """Detect the CPU and scan the store open as ``root_fd`` (baselines unread: serving
-    needs no ELF facts of them)."""
-    config = paths.config
-    detection = detect(dataclasses.replace(config.detect_options, cross_check=False))
-    store = scan_fd(root_fd, paths.root, detection.architecture, config.layout,
-                    read_baselines=False)
-    return FirstScan(detection, store)
+    message.first.store.files = files
+    return message.first
 
 
 def open_root(root: str) -> int:
@@ -107,13 +136,15 @@ class ScanAhead:
         self.root_fd = open_root(paths.root)
         self._parent = os.getpid()
         self._from_child, to_parent = os.pipe2(os.O_CLOEXEC)
+        with contextlib.suppress(OSError):  # a smaller pipe only makes the child wait
+            fcntl.fcntl(to_parent, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._child: int | None = os.fork()
         if self._child == 0:  # the scanning child: a result or nothing, never a return
             status = 1
             try:
                 os.close(self._from_child)
                 gc.disable()  # what it builds is sent, then it exits: nothing to collect
-                _send(to_parent, first_scan(paths, self.root_fd))
+                _scan_and_send(paths, self.root_fd, to_parent)
                 status = 0
             finally:
                 os._exit(status)

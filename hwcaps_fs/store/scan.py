@@ -83,10 +83,13 @@ def scan(root: str, architecture: Architecture, layout: Layout | None = None) ->
 def scan_fd(
     root_fd: int, root_display: str, architecture: Architecture, layout: Layout | None = None,
     root_parents: tuple[DirAccess, ...] | None = None, *, read_baselines: bool = True,
+    files: dict[str, dict[str | None, Candidate]] | None = None, chdir: bool = False,
 ) -> Store:
     """Scan the store whose directory is open as ``root_fd`` (which stays open and is only
     used through ``*at`` calls, so ROOT may already be mounted over); ``read_baselines``: see
-    :class:`~hwcaps_fs.core.model.Store`.
+    :class:`~hwcaps_fs.core.model.Store`. ``files`` is the empty dict to become the store's
+    ``files``, filled one name at a time (the first scan's sends them on as they come);
+    ``chdir``: see :class:`~hwcaps_fs.store.files.FileReader`.
 
     ``root_display`` is ROOT's canonical absolute path: it names the store in messages and lets
     absolute symlinks that point back inside ROOT be followed without crossing the mount.
@@ -97,10 +100,11 @@ def scan_fd(
         root_parents = parents_of(root_display)
     try:
         store = Store(root_display, layout or detect_layout(root_fd), architecture,
-                      root_parents=root_parents, read_baselines=read_baselines)
+                      {} if files is None else files, root_parents=root_parents,
+                      read_baselines=read_baselines)
     except OSError as exc:
         raise PathError(f"{root_display}: cannot read: {exc.strerror}") from None
-    _Scanner(root_fd, store).scan_all()
+    _Scanner(root_fd, store, chdir=chdir).scan_all()
     return store
 
 
@@ -149,13 +153,15 @@ def parents_of(path: str) -> tuple[DirAccess, ...]:
 class _Scanner:
     """One scan's state: the ROOT fd, the store being filled and the reader of its files."""
 
-    def __init__(self, root_fd: int, store: Store, warnings: list[str] | None = None) -> None:
+    def __init__(self, root_fd: int, store: Store, warnings: list[str] | None = None, *,
+                 chdir: bool = False) -> None:
         self.root_fd = root_fd
         self.store = store
         self.roots = tree_roots(store.layout, store.architecture)
         self.warnings = store.warnings if warnings is None else warnings
         self.files = FileReader(root_fd, store.root, self.roots, store.root_parents,
-                                self.warnings, read_baselines=store.read_baselines)
+                                self.warnings, read_baselines=store.read_baselines,
+                                chdir=chdir)
 
     # -- the whole store -------------------------------------------------------------------
 
