@@ -343,6 +343,45 @@ def test_without_fuse_loader_links_into_a_directory_a_user_can_change_is_refused
     assert_nothing_left(area)
 
 
+@mount
+def test_without_fuse_noexec_is_refused(area: Path, store: Path) -> None:
+    """The FUSE view honours ``noexec``; a symlink view cannot (an exec follows the link to
+    ROOT's own mount), so without FUSE run refuses it, as a bad option, and CMD never runs."""
+    skip_without("unshare")
+    view = area / "view"
+    script = f'"{view}/bin/prog" || echo refused'
+    with_fuse = execute(hwcaps_fs_run(store, view, "sh", "-c", script, given=["-o", "noexec"]))
+    assert (with_fuse.returncode, with_fuse.stdout) == (0, "refused\n"), with_fuse.stderr
+    result = execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh",
+                      *hwcaps_fs_run(store, view, "sh", "-c", script,
+                                     given=["-o", "debug", "-o", "noexec"])])
+    assert_one_line_error(result, 2)
+    assert result.stderr == ("hwcaps-fs: run: -o noexec cannot be honoured without FUSE "
+                             "(/dev/fuse is not the FUSE device): a symlink cannot make anything "
+                             "non-executable (an exec follows it to ROOT's own mount)\n")
+    assert result.stdout == ""
+    assert not view.exists()
+    assert_nothing_left(area)
+
+
+@mount
+def test_without_fuse_options_no_daemon_answers_are_accepted(area: Path, store: Path,
+                                                             level: str) -> None:
+    """What only a daemon or libfuse does means nothing to a symlink view: accepted, and
+    ``exec`` after ``noexec`` leaves nothing to refuse."""
+    skip_without("unshare")
+    view = area / "view"
+    given = ["-o", "noexec,exec,debug,auto_unmount,fsname=app,subtype=hwcaps-fs.app",
+             "-o", "xattr=off,fastpath=off,presentation=files,ro,nosuid,nodev"]
+    result = execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh",
+                      *hwcaps_fs_run(store, view, f"{view}/bin/prog", given=given)])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        fallback_line(store, view, "/dev/fuse is not the FUSE device")]
+    assert result.stdout == f"{level}\n"
+    assert_nothing_left(area)
+
+
 def test_as_nobody_is_unprivileged_from_the_lookup_on(area: Path) -> None:
     """What the tests below run as nobody is looked up as nobody: a program in a directory
     only root may search is not run (setpriv --reuid ran it, looking it up as root)."""

@@ -142,7 +142,8 @@ COMMANDS: dict[str, Command] = {
     "run": Command(
         "mount the view, then exec CMD (a container entrypoint)",
         "Make the view of ROOT appear (a FUSE mount in a private mount namespace, else a "
-        "directory of symlinks), then exec CMD, which keeps the process: its signals and exit "
+        "directory of symlinks, which refuses -o noexec: a link cannot make anything "
+        "non-executable), then exec CMD, which keeps the process: its signals and exit "
         "status are CMD's. CMD is looked up in PATH, then in the view's bin/ and sbin/. The "
         "view goes when CMD ends.",
         (("hwcaps-fs run --root /opt/app -- hwcaps-demo", "the best build of hwcaps-demo"),

@@ -223,6 +223,7 @@ def _prepare_view(config: RunConfig, isolation: Isolation,
             return top
         except (MountError, OSError) as exc:
             reason = str(exc)
+    _refuse_unhonoured(config.mount_options, reason)
     _serve_symlinks(config, isolation, top, cleanup)
     print(show(f"hwcaps-fs: FUSE unavailable ({reason}): serving a symlink view of "
                f"{config.root} in {top}"), file=sys.stderr, flush=True)
@@ -310,6 +311,30 @@ def _end_children() -> None:
 
 
 # -- the fallback: a symlink view --------------------------------------------------------
+
+
+#: The ``-o`` options a symlink view cannot honour, and why: each restricts what a user may
+#: run or read, so the fallback refuses it rather than serve a view freer than asked. The
+#: others are honoured: ``level``, ``layout``, ``levels_view``, ``loader_links``,
+#: ``presentation=symlinks``, ``allow_other`` (the links are everyone's, and the kernel follows
+#: them with the caller's rights into ROOT), and ``ro``, ``nosuid``, ``nodev`` and
+#: ``default_permissions`` as on the mount (a read-only nosuid, nodev tmpfs in a private
+#: namespace). Or they mean nothing where no daemon answers: ``auto_unmount`` (the keeper
+#: removes the view), ``debug``, ``fsname``, ``subtype``, ``xattr`` (through a link, the
+#: attributes are the file's own in ROOT), ``fastpath``, and ``presentation=files``, the
+#: default (the fallback's line on stderr says the view is symlinks).
+UNHONOURED = {
+    "noexec": "a symlink cannot make anything non-executable (an exec follows it to ROOT's "
+              "own mount)",
+}
+
+
+def _refuse_unhonoured(options: MountOptions, reason: str) -> None:
+    """Raise :class:`UsageError` for the first option asked that :data:`UNHONOURED` lists."""
+    for name, why in UNHONOURED.items():
+        if getattr(options, name):
+            raise UsageError(f"run: -o {name} cannot be honoured without FUSE ({reason}): "
+                             f"{why}")
 
 
 def _covers(top: str, root: str) -> bool:
