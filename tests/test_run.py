@@ -382,6 +382,28 @@ def test_without_fuse_options_no_daemon_answers_are_accepted(area: Path, store: 
     assert_nothing_left(area)
 
 
+@mount
+def test_without_fuse_a_dir_a_user_can_change_is_refused(area: Path, store: Path) -> None:
+    """As for a mount (the first run, with FUSE), MOUNTPOINT must be a place only root can
+    change when root may run what the view serves: without a namespace the links would sit in
+    the user's directory, for them to repoint under root's feet; with one, a user who can
+    write on the way could swap the directory itself."""
+    skip_without("unshare")
+    shared = area / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    argv = hwcaps_fs_run(store, shared, "echo", "ran")
+    for result in (execute(argv),
+                   execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh", *argv]),
+                   confined(*argv)):
+        assert_one_line_error(result, 3)
+        assert result.stderr == (f"hwcaps-fs: MOUNTPOINT {shared}: {shared} is writable by "
+                                 "group or others, and once the view is gone root would find "
+                                 "what they put there (mount it where only root can write)\n")
+        assert (result.stdout, list(shared.iterdir())) == ("", [])
+    assert_nothing_left(area)
+
+
 def test_as_nobody_is_unprivileged_from_the_lookup_on(area: Path) -> None:
     """What the tests below run as nobody is looked up as nobody: a program in a directory
     only root may search is not run (setpriv --reuid ran it, looking it up as root)."""

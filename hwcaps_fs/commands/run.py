@@ -64,7 +64,12 @@ from hwcaps_fs.store.scan import scan
 from hwcaps_fs.system import handshake, namespaces
 from hwcaps_fs.system.mountinfo import view_containing
 from hwcaps_fs.system.namespaces import Isolation
-from hwcaps_fs.system.preflight import MountConfig, canonical, check_loader_links
+from hwcaps_fs.system.preflight import (
+    MountConfig,
+    canonical,
+    check_loader_links,
+    check_mountpoint,
+)
 
 #: Set for CMD to the view's directory when no ``--mountpoint`` was given (it has no other
 #: way to know where the private directory is). Nothing else in CMD's environment changes.
@@ -362,8 +367,12 @@ def _mount_private(source: str | None, target: str, fstype: str | None, flags: i
 def _serve_symlinks(config: RunConfig, isolation: Isolation, top: str,
                     cleanup: contextlib.ExitStack) -> None:
     """Write the view for this CPU as symlinks: on a tmpfs over ``top`` in a private
-    namespace (through a private bind of ROOT if ``top`` covers it), else into ``top``."""
+    namespace (through a private bind of ROOT if ``top`` covers it), else into ``top``,
+    which is checked as a mount's MOUNTPOINT is."""
     options = config.mount_options
+    in_place = _covers(top, config.root)
+    if not in_place and options.serves_root():
+        check_mountpoint(top)
     if options.loader_links is not None:
         check_loader_links(options.loader_links, options.serves_root())
     detection = detect(config.detect_options)
@@ -378,7 +387,7 @@ def _serve_symlinks(config: RunConfig, isolation: Isolation, top: str,
     view = plan_symlink_view(applied.dirs, applied.resolutions)
     link_base = config.root
     if isolation.private:
-        if _covers(top, config.root):
+        if in_place:
             link_base = _private_directory(cleanup)
             _mount_private(config.root, link_base, None, namespaces.MS_BIND | namespaces.MS_REC)
             cleanup.callback(namespaces.detach, link_base)

@@ -86,7 +86,7 @@ def check_paths(config: MountConfig) -> MountPaths:
         check_loader_links(config.options.loader_links, config.options.serves_root())
     in_place = root == mountpoint or root.startswith(mountpoint.rstrip("/") + "/")
     if not in_place and config.options.serves_root():
-        _check_mountpoint(mountpoint)
+        check_mountpoint(mountpoint)
     if in_place and os.geteuid() != 0 and config.options.presentation is Presentation.SYMLINKS:
         raise MountError("presentation=symlinks over ROOT itself needs root (a private bind "
                          "mount of ROOT is what the symlinks point into)")
@@ -117,11 +117,13 @@ def check_loader_links(directory: str, serves_root: bool) -> None:
                         "put there")
 
 
-def _check_mountpoint(mountpoint: str) -> None:
+def check_mountpoint(mountpoint: str) -> None:
     """A view served to root must sit where only root can change what is below it: when the
     view goes (unmounted, or its daemon ends and ``auto_unmount`` takes it away), every path
     into it (a ``loader_links`` DIR, a PATH entry) leads into the plain directory again, and
-    a user who could write there would have root run what they put there."""
+    a user who could write there would have root run what they put there (``run``'s symlink
+    view, written into the directory when no namespace can be had, would be theirs to
+    repoint even while it is there)."""
     reason = untrusted_path(mountpoint)
     if reason is not None:
         raise PathError(f"MOUNTPOINT {mountpoint}: {reason}, and once the view is gone root "
