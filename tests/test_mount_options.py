@@ -30,12 +30,14 @@ def test_what_mount_fuse3_and_fstab_pass_is_accepted() -> None:
 
 def test_ours_and_fuse_options() -> None:
     options = parse_mount_options(
-        ["level=x86-64-v2,layout=loader", "presentation=symlinks,xattr=off",
+        ["level=x86-64-v2,layout=loader", "presentation=files,xattr=off",
          "auto_unmount,debug,noexec,fsname=store,subtype=hwcaps-fs.hw"], is_root=False)
     assert options == MountOptions(
         allow_other=False, auto_unmount=True, noexec=True, debug=True, fsname="store",
         subtype="hwcaps-fs.hw", level="x86-64-v2", layout=Layout.LOADER,
-        presentation=Presentation.SYMLINKS, xattr=False)
+        presentation=Presentation.FILES, xattr=False)
+    assert parse_mount_options(["presentation=symlinks"], is_root=False).presentation is (
+        Presentation.SYMLINKS)
     assert {"auto_unmount", "debug", "noexec", "fsname=store", "subtype=hwcaps-fs.hw"} <= (
         options.fuse_options())
 
@@ -53,6 +55,8 @@ def test_later_words_win() -> None:
     ("layout=debian", "layout=debian: expected glibc|loader"),
     ("xattr=maybe", "xattr=maybe: expected on|off"),
     ("subtype=sshfs", "subtype=sshfs: must be hwcaps-fs or begin with hwcaps-fs."),
+    ("noexec,presentation=symlinks", "noexec with presentation=symlinks: a symlink cannot make "
+                                     "anything non-executable"),
 ])
 def test_bad_options_are_one_line_usage_errors(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):

@@ -48,7 +48,7 @@ from typing import NoReturn
 
 from hwcaps_fs.commands.symlink_view import plan_symlink_view, write_symlink_view
 from hwcaps_fs.core.model import Layout
-from hwcaps_fs.core.mount_options import MountOptions
+from hwcaps_fs.core.mount_options import NOEXEC_THROUGH_LINKS, MountOptions
 from hwcaps_fs.core.resolve import resolve_store
 from hwcaps_fs.core.view_options import apply_view_options
 from hwcaps_fs.detect.cpu import DetectOptions, detect
@@ -328,10 +328,7 @@ def _end_children() -> None:
 #: removes the view), ``debug``, ``fsname``, ``subtype``, ``xattr`` (through a link, the
 #: attributes are the file's own in ROOT), ``fastpath``, and ``presentation=files``, the
 #: default (the fallback's line on stderr says the view is symlinks).
-UNHONOURED = {
-    "noexec": "a symlink cannot make anything non-executable (an exec follows it to ROOT's "
-              "own mount)",
-}
+UNHONOURED = {"noexec": NOEXEC_THROUGH_LINKS}
 
 
 def _refuse_unhonoured(options: MountOptions, reason: str) -> None:

@@ -108,6 +108,11 @@ class MountOptions:
 
 _Choice = TypeVar("_Choice", bound=enum.Enum)
 
+#: Why ``noexec`` cannot hold for names presented as symlinks (``presentation=symlinks``, and
+#: ``hwcaps-fs run``'s symlink view): the kernel checks an exec at the mount the link leads to.
+NOEXEC_THROUGH_LINKS = ("a symlink cannot make anything non-executable (an exec follows it to "
+                        "ROOT's own mount)")
+
 
 #: Options that are a bare word turning something on.
 FLAGS = frozenset({"allow_other", "auto_unmount", "noexec", "debug", "levels_view"})
@@ -124,7 +129,8 @@ DOCUMENTED: tuple[tuple[str, str], ...] = (
     ("allow_other", "every user may use the view (the default when root: a bin directory is "
                     "for everyone)"),
     ("auto_unmount", "if the daemon dies, the mount is removed and the plain directory is back"),
-    ("noexec", "programs in the view cannot be executed (exec undoes it)"),
+    ("noexec", "programs in the view cannot be executed (exec undoes it; refused with "
+               "presentation=symlinks)"),
     ("debug", "libfuse logs every request on stderr; the daemon stays attached to it"),
     ("level=LEVEL", "cap the level served, as --level (the lower of the two wins)"),
     ("layout=glibc|loader", "the store layout, as --layout (default: detected)"),
@@ -182,7 +188,8 @@ def _split(texts: Sequence[str]) -> list[tuple[str, str | None]]:
 def parse_mount_options(texts: Sequence[str], *, is_root: bool) -> MountOptions:
     """Parse the ``-o`` arguments (each a comma-separated list; later words win).
 
-    Raises :class:`UsageError` naming the first option it does not know, or a bad value.
+    Raises :class:`UsageError` naming the first option it does not know, a bad value, or
+    ``noexec`` with ``presentation=symlinks`` (:data:`NOEXEC_THROUGH_LINKS`).
     """
     settings: dict[str, Any] = {"allow_other": is_root}
     for name, value in _split(texts):
@@ -206,4 +213,8 @@ def parse_mount_options(texts: Sequence[str], *, is_root: bool) -> MountOptions:
             settings[name] = choice is Switch.ON if isinstance(choice, Switch) else choice
         else:
             raise UsageError(f"unknown mount option '{word}'")
-    return MountOptions(**settings)
+    options = MountOptions(**settings)
+    if options.noexec and options.presentation is Presentation.SYMLINKS:
+        raise UsageError(f"mount option noexec with presentation=symlinks: "
+                         f"{NOEXEC_THROUGH_LINKS}")
+    return options
