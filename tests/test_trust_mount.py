@@ -103,6 +103,24 @@ def test_in_place_on_a_noexec_mount_executes_nothing(binaries: Path, public: Pat
             assert (store / "bin/foo").read_bytes()  # still readable
 
 
+@pytest.mark.parametrize("where", ["in place", "elsewhere"])
+def test_noexec_asked_executes_nothing_not_even_privileged_programs(
+        binaries: Path, public: Path, attacker: User, where: str) -> None:
+    """Privileged programs are links to the real file, which an exec would follow out of a
+    noexec view: with ``-o noexec`` they are plain files (privileges lost, execs refused)."""
+    store = variant_store(binaries, public / "store", "bin/foo")
+    setuid_program(binaries, store / "bin/suid")
+    mnt = store if where == "in place" else public / "mnt"
+    mnt.mkdir(exist_ok=True)
+    with mounted(store, mnt, "-o", "noexec") as mount:
+        for name in ("bin/suid", "bin/foo"):
+            assert not os.path.islink(mnt / name), name
+            assert denied(attacker.run(mnt / name)), name
+            assert denied(run("env", mnt / name)), name
+        assert (mnt / "bin/suid").read_bytes()  # still readable
+    assert "lose their privileges (-o noexec: a link would run the real file)" in mount.log_text()
+
+
 # -- a restrictive umask -----------------------------------------------------------------
 
 

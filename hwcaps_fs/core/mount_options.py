@@ -129,8 +129,9 @@ DOCUMENTED: tuple[tuple[str, str], ...] = (
     ("allow_other", "every user may use the view (the default when root: a bin directory is "
                     "for everyone)"),
     ("auto_unmount", "if the daemon dies, the mount is removed and the plain directory is back"),
-    ("noexec", "programs in the view cannot be executed (exec undoes it; refused with "
-               "presentation=symlinks)"),
+    ("noexec", "programs in the view cannot be executed, setuid ones included (served as "
+               "plain files: a link would run the real file); exec undoes it; refused with "
+               "presentation=symlinks"),
     ("debug", "libfuse logs every request on stderr; the daemon stays attached to it"),
     ("level=LEVEL", "cap the level served, as --level (the lower of the two wins)"),
     ("layout=glibc|loader", "the store layout, as --layout (default: detected)"),

@@ -259,7 +259,9 @@ def _prepare(paths: MountPaths, scan: ScanAhead) -> _Daemon:
         log.warning("%s", message)
     target = detection.target(require_trusted=options.serves_root())
     link_base: str | None = paths.root
-    if paths.in_place:
+    if options.noexec:  # a link runs the file it leads to: noexec holds only for plain files
+        link_base = None
+    elif paths.in_place:
         link_base = bind_underlying(root_fd, paths.mountpoint) if is_root else None
     daemon = _Daemon(paths, root_fd, detection, target, store, link_base)
     daemon.warn_once(store.warnings)
@@ -271,8 +273,10 @@ def _prepare(paths: MountPaths, scan: ScanAhead) -> _Daemon:
                     paths.root)
     if link_base is None and any(is_privileged(candidate) for found in store.files.values()
                                  for candidate in found.values()):
+        why = ("-o noexec: a link would run the real file" if options.noexec
+               else "an in-place mount needs root to present them as links")
         log.warning("setuid/setgid/capability programs are served as plain files and lose "
-                    "their privileges (an in-place mount needs root to present them as links)")
+                    "their privileges (%s)", why)
     return daemon
 
 
