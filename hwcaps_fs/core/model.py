@@ -169,6 +169,10 @@ class Candidate(StatRecord):
         return self.link_target if self.level is None else None
 
 
+#: A store's names: the candidates of each view path, by level (None = the baseline).
+Files = dict[str, dict[str | None, Candidate]]
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DirInfo(StatRecord):
     """A directory of the merged view: its stat facts come from the baseline directory if there
@@ -194,7 +198,7 @@ class Store:
     root: str
     layout: Layout
     architecture: Architecture
-    files: dict[str, dict[str | None, Candidate]] = field(default_factory=dict)
+    files: Files = field(default_factory=dict)
     dirs: dict[str, DirInfo] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     root_parents: tuple[DirAccess, ...] = ()

@@ -28,15 +28,12 @@ import signal
 from dataclasses import dataclass
 from types import TracebackType
 
-from hwcaps_fs.core.model import Candidate, Store
+from hwcaps_fs.core.model import Candidate, Files, Store
 from hwcaps_fs.detect.cpu import Detection, detect
 from hwcaps_fs.errors import PathError
 from hwcaps_fs.store.scan import scan_fd
 from hwcaps_fs.system import handshake
 from hwcaps_fs.system.preflight import MountPaths
-
-#: What a store holds of its names: the candidates of each view path.
-Files = dict[str, dict[str | None, Candidate]]
 
 #: How many names of the store each message carries (see the module's docstring).
 NAMES_PER_MESSAGE = 1000

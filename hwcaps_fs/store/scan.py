@@ -31,6 +31,7 @@ from hwcaps_fs.core.model import (
     GLIBC_HWCAPS_DIR,
     Candidate,
     DirInfo,
+    Files,
     Layout,
     Store,
     tree_roots,
@@ -83,7 +84,7 @@ def scan(root: str, architecture: Architecture, layout: Layout | None = None) ->
 def scan_fd(
     root_fd: int, root_display: str, architecture: Architecture, layout: Layout | None = None,
     root_parents: tuple[DirAccess, ...] | None = None, *, read_baselines: bool = True,
-    files: dict[str, dict[str | None, Candidate]] | None = None, chdir: bool = False,
+    files: Files | None = None, chdir: bool = False,
 ) -> Store:
     """Scan the store whose directory is open as ``root_fd`` (which stays open and is only
     used through ``*at`` calls, so ROOT may already be mounted over); ``read_baselines``: see
