@@ -10,6 +10,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
+from hwcaps_fs.system.guard import DEATH_SIGNAL, GRACE_SECONDS
 from tests.builders import PRINT_EUID, compile_c, compile_level, install
 from tests.mounting import (
     DEADLINE,
+    ENVIRONMENT,
     cleanup,
     daemon_pids,
     guard_pids,
@@ -380,6 +383,111 @@ def test_the_unmount_guard_ends_with_its_daemon(binaries: Path, public: Path) ->
         assert mount.process.wait(DEADLINE) == 0
         wait_until(lambda: not guard_pids(store), DEADLINE, "the guard to exit")
         assert not is_fuse_mounted(store) and daemon_pids(store) == []
+
+
+def _guard_state(guard: int) -> tuple[str, int]:
+    """The state letter of the guard process ``guard`` and how often it has slept so far."""
+    status = dict(line.split(":\t", 1) for line in
+                  Path(f"/proc/{guard}/status").read_text().splitlines())
+    return status["State"][0], int(status["voluntary_ctxt_switches"])
+
+
+def test_the_unmount_guard_sleeps_while_its_daemon_lives(binaries: Path, public: Path) -> None:
+    """The guard does not wake up periodically (an always-on mount must not wake the CPU):
+    the kernel wakes it when its daemon's main thread ends (PR_SET_PDEATHSIG). The same
+    signal from elsewhere (``systemctl kill`` signals the whole unit) only makes it look
+    whether the daemon is stuck, and it sleeps again."""
+    store = make_store(binaries, public / "store")
+    with mounted(store, store, "-o", "auto_unmount") as mount:
+        [guard] = guard_pids(store)
+        for stray in (False, True):
+            if stray:
+                os.kill(guard, DEATH_SIGNAL)
+                time.sleep(2 * GRACE_SECONDS)
+            _, before = _guard_state(guard)
+            time.sleep(2)
+            state, after = _guard_state(guard)
+            assert (state, after - before <= 1) == ("S", True), (stray, before, after)
+        assert guard_pids(store) == [guard] and "glibc-hwcaps" not in os.listdir(store)
+        assert mount.stop() == 0
+        wait_until(lambda: not guard_pids(store), DEADLINE, "the guard to exit")
+
+
+#: A stand-in for a daemon killed while one of its threads waits in the kernel for a FUSE
+#: request nobody will answer: it starts the guard of the mount at argv[1] and tells it that
+#: mount's id, says so on stdout, waits for a line on stdin, then looks a name up in the mount
+#: from a thread (its daemon is stopped: the lookup waits) and ends its main thread alone. It
+#: is left a zombie whose pipe to the guard stays open, as long as the lookup waits.
+STUCK_DAEMON = r"""
+import ctypes, os, sys, threading, time
+from hwcaps_fs.system.guard import Guard
+mountpoint = sys.argv[1]
+Guard(mountpoint).mounted(mountpoint)
+print(flush=True)
+sys.stdin.readline()
+def lookup():
+    try:
+        os.stat(os.path.join(mountpoint, "never-looked-up"))
+    finally:
+        os._exit(0)
+thread = threading.Thread(target=lookup)
+thread.start()
+while not any(word in open(f"/proc/self/task/{thread.native_id}/wchan").read()
+              for word in ("request_wait_answer", "fuse")):
+    time.sleep(0.01)
+ctypes.CDLL(None).syscall(60, 0)  # SYS_exit: this thread ends, the process lives on
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_the_unmount_guard_aborts_a_daemon_stuck_in_the_kernel(binaries: Path,
+                                                                public: Path) -> None:
+    """A daemon whose main thread has ended while another waits in the kernel for a request
+    never answered (STUCK_DAEMON; the real daemon gets there after a ``kill -9`` with an
+    entry invalidation waiting, see tests/test_mount_shutdown.py): its guard, woken by the
+    main thread's end, aborts the connection, which ends the wait and the daemon, then
+    removes the dead mount and exits."""
+    store = make_store(binaries, public / "store")
+    mnt = public / "mnt"
+    mnt.mkdir()
+    with mounted(store, mnt) as server:
+        daemon = subprocess.Popen([sys.executable, "-c", STUCK_DAEMON, str(mnt)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  env=ENVIRONMENT, cwd="/")
+        try:
+            assert daemon.stdout is not None and daemon.stdin is not None
+            assert daemon.stdout.readline() == b"\n"
+            [guard] = _children(daemon.pid)
+            server.process.send_signal(signal.SIGSTOP)  # nothing answers the lookup
+            daemon.stdin.write(b"\n")
+            daemon.stdin.flush()
+            assert daemon.wait(DEADLINE) == 0
+            wait_until(lambda: _ended(guard), DEADLINE, "the guard to exit")
+            assert not is_fuse_mounted(mnt) and os.listdir(mnt) == []
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(DEADLINE)
 
 
 def test_stale_mount_is_cleared(binaries: Path, tmp_path: Path, level: str) -> None:

@@ -19,10 +19,18 @@ means the file system is alive (someone else serves it) and the guard leaves it.
 
 A daemon killed while one of its threads waits in the kernel for a request it will never
 answer (an entry invalidation waits for the lookups in that directory) does not end: its
-main thread is a zombie, the waiting thread cannot be killed, and the pipe stays open. So
-while it reads, the guard looks at the daemon every :data:`POLL_SECONDS`; found a zombie
-with its mount still there, it aborts the connection (umount2 with MNT_FORCE, root only),
-which fails the waiting requests and lets the daemon end.
+main thread is a zombie, the waiting thread cannot be killed, and the pipe stays open. The
+guard learns of it without waking up periodically (an always-on mount must not wake the CPU
+for it): it was forked by the daemon's main thread, and with ``PR_SET_PDEATHSIG`` the kernel
+sends it :data:`DEATH_SIGNAL` when that thread ends, even while other threads of the daemon
+live on (prctl(2): the parent is the thread that created the process). The signal only
+wakes the guard's ``select`` (a wakeup pipe); the guard then gives the daemon
+:data:`GRACE_SECONDS` for its last thread to end and the pipe to reach end of file. Still
+open with the daemon a zombie and its mount still there, the guard aborts the connection
+(umount2 with MNT_FORCE, root only), which fails the waiting requests and lets the daemon
+end. The signal may also come from elsewhere (``systemctl kill`` signals the whole unit): it
+only ever makes the guard look again, and a daemon that is not a zombie is waited for as
+before, without a timeout.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from typing import NoReturn
 
 from hwcaps_fs.system.libc import libc
 from hwcaps_fs.system.mountinfo import mounts_at
-from hwcaps_fs.system.namespaces import MNT_FORCE, detach, umount
+from hwcaps_fs.system.namespaces import MNT_FORCE, detach, set_parent_death_signal, umount
 
 #: The guard's process name (``comm``; its command line stays the daemon's).
 NAME = b"hwcaps-fs-guard"
@@ -50,8 +58,13 @@ GUARD_SECONDS = 5
 #: Between two tries while the connection is not aborted yet.
 RETRY_SECONDS = 0.02
 
-#: How often the guard looks whether the daemon is a zombie while it waits for its end.
-POLL_SECONDS = 0.5
+#: What the kernel sends the guard when the daemon's main thread ends (PR_SET_PDEATHSIG). The
+#: guard gets no SIGUSR1 otherwise (unless someone signals the whole unit: then it looks again).
+DEATH_SIGNAL = signal.SIGUSR1
+
+#: Once the daemon's main thread has ended, how long its other threads get to end (the pipe
+#: then reaches end of file) before the guard takes the daemon for stuck in the kernel.
+GRACE_SECONDS = 0.5
 
 PR_SET_NAME = 15
 
@@ -96,7 +109,7 @@ def _guard(reader: int, mountpoint: str, daemon: int) -> NoReturn:
             os.dup2(null, fd)
         os.dup2(reader, 3)
         os.closerange(4, os.sysconf("SC_OPEN_MAX"))
-        mount_id = _wait_for_daemon(3, mountpoint, daemon)
+        mount_id = _wait_for_daemon(3, _wake_at_death(daemon), mountpoint, daemon)
         if mount_id is not None:
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.alarm(GUARD_SECONDS)
@@ -105,22 +118,45 @@ def _guard(reader: int, mountpoint: str, daemon: int) -> NoReturn:
         os._exit(0)
 
 
-def _wait_for_daemon(reader: int, mountpoint: str, daemon: int) -> int | None:
-    """Read until the daemon has ended; the id of its mount, if it made one. A daemon that
-    cannot end has its connection aborted (once)."""
+def _wake_at_death(daemon: int) -> int:
+    """A pipe the end of the daemon's main thread (or any :data:`DEATH_SIGNAL`) makes
+    readable; its read end."""
+    wake, woken = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(DEATH_SIGNAL, lambda signum, frame: None)  # the wakeup byte is the point
+    signal.set_wakeup_fd(woken)
+    set_parent_death_signal(DEATH_SIGNAL)
+    # The thread may have ended before the prctl: then the whole daemon has (we are another
+    # process's child now), or its main thread alone has (a zombie; we are a child of one
+    # of its other threads, and getppid() still says the daemon).
+    if os.getppid() != daemon or _is_zombie(daemon):
+        os.write(woken, b"\0")
+    return wake
+
+
+def _wait_for_daemon(reader: int, wake: int, mountpoint: str, daemon: int) -> int | None:
+    """Read until the daemon has ended; the id of its mount, if it made one. No timeout
+    while the daemon's main thread lives; once it has ended, a daemon whose pipe is still
+    open :data:`GRACE_SECONDS` later and which is a zombie has its connection aborted
+    (once)."""
     said = b""
     aborted = False
+    timeout: float | None = None
     while True:
-        if not select.select([reader], [], [], POLL_SECONDS)[0]:
+        ready = select.select([reader, wake], [], [], timeout)[0]
+        if wake in ready:
+            os.read(wake, 64)
+            timeout = GRACE_SECONDS
+        elif not ready:  # the grace is over, the pipe still open: stuck, or a stray signal
+            timeout = None
             words = said.split()
             if words and not aborted and _is_zombie(daemon):
                 aborted = True
                 _abort(mountpoint, int(words[-1]))
-            continue
-        chunk = os.read(reader, 64)
-        if not chunk:
-            break
-        said += chunk
+        if reader in ready:
+            chunk = os.read(reader, 64)
+            if not chunk:
+                break
+            said += chunk
     words = said.split()
     return int(words[-1]) if words else None
 
