@@ -93,6 +93,19 @@ def guard_pids(mountpoint: Path) -> list[int]:
     return [pid for pid, name in _processes(mountpoint) if name == GUARD_NAME]
 
 
+def children_named(parent: int, name: str) -> list[int]:
+    """The processes named ``name`` (``comm``) whose parent is ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent and (entry / "comm").read_text().strip() == name:
+                found.append(int(entry.name))
+    return found
+
+
 def _detach_all(path: Path) -> None:
     for _ in range(len(mounts_at(str(path)))):
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=DEADLINE,

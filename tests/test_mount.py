@@ -23,6 +23,8 @@ from tests.builders import PRINT_EUID, compile_c, compile_level, install
 from tests.mounting import (
     DEADLINE,
     ENVIRONMENT,
+    GUARD_NAME,
+    children_named,
     cleanup,
     daemon_pids,
     guard_pids,
@@ -361,6 +363,12 @@ def test_kill_9_after_a_listing_always_brings_the_directory_back(binaries: Path,
             wait_until(lambda: not guard_pids(store), DEADLINE, "the guard to exit")
 
 
+def _status(pid: int) -> dict[str, str]:
+    """/proc/PID/status: its fields by name."""
+    return dict(line.split(":\t", 1) for line in
+                Path(f"/proc/{pid}/status").read_text().splitlines())
+
+
 def test_the_unmount_guard_ends_with_its_daemon(binaries: Path, public: Path) -> None:
     """Only auto_unmount mounts have a guard; it ignores SIGTERM (systemd sends it to the
     whole unit) but exits once its daemon has, after SIGTERM or an unmount."""
@@ -369,9 +377,7 @@ def test_the_unmount_guard_ends_with_its_daemon(binaries: Path, public: Path) ->
         assert guard_pids(store) == []
     with mounted(store, store, "-o", "auto_unmount") as mount:
         [guard] = guard_pids(store)
-        status = dict(line.split(":\t", 1) for line in
-                      Path(f"/proc/{guard}/status").read_text().splitlines())
-        ignored = int(status["SigIgn"], 16)
+        ignored = int(_status(guard)["SigIgn"], 16)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             assert ignored & (1 << (signum - 1)), signum
         assert mount.stop() == 0
@@ -387,8 +393,7 @@ def test_the_unmount_guard_ends_with_its_daemon(binaries: Path, public: Path) ->
 
 def _guard_state(guard: int) -> tuple[str, int]:
     """The state letter of the guard process ``guard`` and how often it has slept so far."""
-    status = dict(line.split(":\t", 1) for line in
-                  Path(f"/proc/{guard}/status").read_text().splitlines())
+    status = _status(guard)
     return status["State"][0], int(status["voluntary_ctxt_switches"])
 
 
@@ -439,19 +444,6 @@ ctypes.CDLL(None).syscall(60, 0)  # SYS_exit: this thread ends, the process live
 """
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def _ended(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -476,7 +468,7 @@ def test_the_unmount_guard_aborts_a_daemon_stuck_in_the_kernel(binaries: Path,
         try:
             assert daemon.stdout is not None and daemon.stdin is not None
             assert daemon.stdout.readline() == b"\n"
-            [guard] = _children(daemon.pid)
+            [guard] = children_named(daemon.pid, GUARD_NAME)
             server.process.send_signal(signal.SIGSTOP)  # nothing answers the lookup
             daemon.stdin.write(b"\n")
             daemon.stdin.flush()

@@ -4,7 +4,6 @@ Also the bad input around mounting that used to end in a traceback."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
@@ -21,6 +20,7 @@ from tests.mounting import (
     ENVIRONMENT,
     GUARD_NAME,
     assert_one_line_error,
+    children_named,
     cleanup,
     daemon_pids,
     hwcaps_fs,
@@ -104,18 +104,6 @@ def test_an_exception_in_the_serving_loop_unmounts(binaries: Path, public: Path)
         cleanup(mnt)
 
 
-def _children_named(parent: int, name: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == parent and (entry / "comm").read_text().strip() == name:
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.parametrize("recovery", ["mount", "umount"])
 def test_killing_daemon_and_fusermount_together_then_recovering(
         binaries: Path, public: Path, level: str, recovery: str) -> None:
@@ -130,9 +118,9 @@ def test_killing_daemon_and_fusermount_together_then_recovering(
         result = hwcaps_fs("mount", "-o", "auto_unmount", "--root", str(store), str(mnt))
         assert result.returncode == 0, result.stderr
         [daemon] = daemon_pids(mnt)
-        helpers = _children_named(daemon, "fusermount3")
+        helpers = children_named(daemon, "fusermount3")
         assert helpers, "no fusermount3 watching the daemon (auto_unmount)"
-        [guard] = _children_named(daemon, GUARD_NAME)
+        [guard] = children_named(daemon, GUARD_NAME)
         for pid in (guard, *helpers, daemon):  # the watchers first: none may see it die
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not daemon_pids(mnt), DEADLINE, "the daemon to die")
