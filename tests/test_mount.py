@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from hwcaps_fs.fuse.serve import STOP_SIGNALS
 from hwcaps_fs.system.bindmount import RUNTIME_DIR, runtime_name
-from hwcaps_fs.system.guard import DEATH_SIGNAL, GRACE_SECONDS
+from hwcaps_fs.system.guard import DEATH_SIGNAL, GRACE_SECONDS, UNIT_SIGNALS
 from tests.builders import PRINT_EUID, compile_c, compile_level, install
 from tests.mounting import (
     DEADLINE,
@@ -413,6 +414,23 @@ def test_the_unmount_guard_sleeps_while_its_daemon_lives(binaries: Path, public:
             time.sleep(2)
             state, after = _guard_state(guard)
             assert (state, after - before <= 1) == ("S", True), (stray, before, after)
+        assert guard_pids(store) == [guard] and "glibc-hwcaps" not in os.listdir(store)
+        assert mount.stop() == 0
+        wait_until(lambda: not guard_pids(store), DEADLINE, "the guard to exit")
+
+
+def test_the_unmount_guard_outlives_the_signals_sent_to_its_unit(binaries: Path,
+                                                                 public: Path) -> None:
+    """systemd sends its stop signals to every process of the unit, ``systemctl kill -s``
+    any: the guard ignores each that would end it (the daemon's stop signals among them), so
+    that it is there when the daemon is gone."""
+    assert set(STOP_SIGNALS) - {DEATH_SIGNAL} <= set(UNIT_SIGNALS)
+    store = make_store(binaries, public / "store")
+    with mounted(store, store, "-o", "auto_unmount") as mount:
+        [guard] = guard_pids(store)
+        for signum in UNIT_SIGNALS:
+            os.kill(guard, signum)
+        time.sleep(0.2)
         assert guard_pids(store) == [guard] and "glibc-hwcaps" not in os.listdir(store)
         assert mount.stop() == 0
         wait_until(lambda: not guard_pids(store), DEADLINE, "the guard to exit")

@@ -10,8 +10,9 @@ the directory.
 So the daemon forks a guard before it mounts, before any thread or event loop (it holds
 neither /dev/fuse nor fusermount3's socket nor the handshake pipe of ``mount``'s parent). The
 guard keeps the read end of a pipe whose write end only the daemon has; after mounting the
-daemon writes its mount's id there. The guard ignores the stop signals (systemd sends them to
-the whole unit) and reads until end of file, i.e. until the daemon has ended, in any way.
+daemon writes its mount's id there. The guard ignores the stop signals
+(:data:`UNIT_SIGNALS`: systemd sends them to the whole unit) and reads until end of file,
+i.e. until the daemon has ended, in any way.
 Then, for a bounded time, while that mount is still the topmost one at the mountpoint, it
 does what fusermount3 does and retries where fusermount3 gives up: ENOTCONN detaches the
 mount, ECONNABORTED (the connection is not aborted yet) tries again, a successful open
@@ -58,6 +59,14 @@ GUARD_SECONDS = 5
 #: Between two tries while the connection is not aborted yet.
 RETRY_SECONDS = 0.02
 
+#: The signals that would end the guard, sent to the whole unit by systemd (stop: SIGTERM,
+#: then SIGHUP) or ``systemctl kill -s``: ignored, so that the guard outlives its daemon and
+#: does its work. Those the daemon takes as a stop (hwcaps_fs.fuse.serve.STOP_SIGNALS) and
+#: SIGHUP, but :data:`DEATH_SIGNAL`, which wakes it, and SIGKILL, which cannot be ignored.
+UNIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2,
+                signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGPWR,
+                signal.SIGXCPU)
+
 #: What the kernel sends the guard when the daemon's main thread ends (PR_SET_PDEATHSIG). The
 #: guard gets no SIGUSR1 otherwise (unless someone signals the whole unit: then it looks again).
 DEATH_SIGNAL = signal.SIGUSR1
@@ -102,7 +111,7 @@ def _guard(reader: int, mountpoint: str, daemon: int) -> NoReturn:
     try:
         name = ctypes.create_string_buffer(NAME)
         libc.prctl(PR_SET_NAME, ctypes.addressof(name), 0, 0, 0)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in UNIT_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
