@@ -14,12 +14,16 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from hwcaps_fs.commands.symlink_view import SymlinkView, plan_symlink_view, write_symlink_view
+from hwcaps_fs.commands.symlink_view import (
+    plan_symlink_view,
+    remove_symlink_view,
+    write_symlink_view,
+)
 from hwcaps_fs.core.levels import X86_64
 from hwcaps_fs.core.mount_options import MountOptions
 from hwcaps_fs.core.resolve import Target, resolve_store
@@ -30,7 +34,7 @@ from tests.builders import compile_level, install
 from tests.mounting import DEADLINE, ENVIRONMENT, assert_one_line_error
 from tests.places import OthersPython, public_temporary_directory
 from tests.test_loader_systems import solus_system
-from tests.users import AS_NOBODY
+from tests.users import AS_NOBODY, User
 
 VARIANTS = ("x86-64-v2", "x86-64-v3", "x86-64-v4")
 
@@ -164,10 +168,9 @@ def test_symlink_view_serves_best_variant_and_merges_directories(tmp_path: Path)
 
     view = plan_symlink_view(store.dirs, resolve_store(store, target).values())
 
-    assert view == SymlinkView(
-        dirs=("bin", "libexec"),
-        links=(("bin/foo", "glibc-hwcaps/x86-64-v3/bin/foo"),
-               ("libexec/only-v2", "glibc-hwcaps/x86-64-v2/libexec/only-v2")))
+    assert [path for path, _ in view.dirs] == ["bin", "libexec"]
+    assert view.links == (("bin/foo", "glibc-hwcaps/x86-64-v3/bin/foo"),
+                          ("libexec/only-v2", "glibc-hwcaps/x86-64-v2/libexec/only-v2"))
     top = tmp_path / "view"
     top.mkdir()
     write_symlink_view(view, str(top), str(root))
@@ -193,7 +196,7 @@ def test_symlink_view_has_the_levels_view_and_loader_links(tmp_path: Path) -> No
     view = plan_symlink_view(applied.dirs, applied.resolutions)
 
     levels = (".hwcaps/baseline", ".hwcaps/x86-64-v2", ".hwcaps/x86-64-v3")
-    assert view.dirs == (".hwcaps", *levels)
+    assert [path for path, _ in view.dirs] == [".hwcaps", *levels]
     assert view.links == (
         (".hwcaps/baseline/foo", "foo"), (".hwcaps/baseline/hwcaps-loader", "hwcaps-loader"),
         (".hwcaps/x86-64-v2/foo", "foo"), (".hwcaps/x86-64-v2/hwcaps-loader", "hwcaps-loader"),
@@ -207,6 +210,41 @@ def test_symlink_view_has_the_levels_view_and_loader_links(tmp_path: Path) -> No
     assert alone.warnings == ("loader_links /views/hw/bin is in no hwcaps-fs view: the links "
                               "to hwcaps-loader under .hwcaps/ run the loader, which picks by "
                               "CPUID, not by level",)
+
+
+def test_symlink_view_directories_are_never_freer_than_the_stores(area: Path) -> None:
+    """Each directory gets the mode the FUSE view shows (the store's, less what the
+    directories above deny), less group's and others' write, whatever the umask; it is its
+    maker's alone until it is filled, and what removes the view can empty it."""
+    root = area / "store"
+    modes = {"": 0o755, "bin": 0o775, "libexec": 0o755, "libexec/private": 0o700,
+             "opt": 0o711, "opt/pub": 0o755, "secret": 0o750, "secret/sub": 0o1777,
+             "sealed": 0o555, "sealed/in": 0o555}
+    for relpath in modes:
+        _script(root / relpath / "tool", relpath or "top")
+    for relpath, mode in sorted(modes.items(), reverse=True):
+        (root / relpath).chmod(mode)
+    store = scan(str(root), X86_64)
+    target = Target(X86_64, (), None, require_trusted=False)
+
+    view = plan_symlink_view(store.dirs, resolve_store(store, target).values())
+
+    assert view.top_mode == 0o755
+    assert view.dirs == (("bin", 0o755), ("libexec", 0o755), ("libexec/private", 0o700),
+                         ("opt", 0o711), ("opt/pub", 0o755), ("sealed", 0o555),
+                         ("sealed/in", 0o555), ("secret", 0o750), ("secret/sub", 0o750))
+    top = area / "view"
+    top.mkdir()
+    old_umask = os.umask(0o077)
+    try:
+        write_symlink_view(view, str(top), str(root))
+    finally:
+        os.umask(old_umask)
+    assert [(path, (top / path).stat().st_mode & 0o7777) for path, _ in view.dirs] == \
+        list(view.dirs)
+    assert (top / "sealed" / "in" / "tool").readlink() == root / "sealed" / "in" / "tool"
+    remove_symlink_view(str(top))
+    assert list(top.iterdir()) == []
 
 
 # -- real runs ---------------------------------------------------------------------------
@@ -404,6 +442,73 @@ def test_without_fuse_a_dir_a_user_can_change_is_refused(area: Path, store: Path
     assert_nothing_left(area)
 
 
+#: Directories of :func:`private_store`, and what :func:`probe_as` says of each: its mode in
+#: the view, and whether the user lists it through the view and directly.
+PROBED = {".": "755 listed listed", "bin": "755 listed listed",
+          "libexec/private": "700 refused refused", "opt/pub": "700 refused refused"}
+
+
+def private_store(store: Path) -> Path:
+    """``store`` with a ``0700`` directory, and a ``0755`` one under a ``0700`` one."""
+    for relpath in ("libexec/private", "opt/pub"):
+        _script(store / relpath / "secret-name", relpath)
+        (store / relpath).chmod(0o700 if relpath == "libexec/private" else 0o755)
+    (store / "opt").chmod(0o700)
+    return store
+
+
+def probe_as(user: User, store: Path, view: Path, relpaths: Iterable[str]) -> str:
+    """Shell lines that print, for each of ``relpaths``, its mode in ``view`` and whether
+    ``user`` may list it through ``view`` and directly in ``store``."""
+    def listed(path: Path) -> str:
+        return (f'$(runuser -u {user.name} -- ls "{path}" >/dev/null 2>&1 && echo listed '
+                '|| echo refused)')
+    return "; ".join(f'echo {relpath} $(stat -c %a "{view / relpath}") {listed(view / relpath)} '
+                     f'{listed(store / relpath)}' for relpath in relpaths)
+
+
+def probed(relpaths: Iterable[str]) -> list[str]:
+    return [f"{relpath} {PROBED[relpath]}" for relpath in relpaths]
+
+
+@mount
+def test_without_fuse_others_list_through_the_view_only_what_they_may_list(
+        area: Path, store: Path, level: str, attacker: User) -> None:
+    """In a private namespace (CMD dropping to another user, or reaching it through
+    /proc/PID/root): a directory the store keeps from a user is kept from them in the view
+    too, a 0755 one is theirs to list and run from as before."""
+    skip_without("unshare", "runuser")
+    private_store(store)
+    view = area / "view"
+    script = (f'{probe_as(attacker, store, view, PROBED)}; '
+              f'runuser -u {attacker.name} -- "{view}/bin/prog"')
+    result = execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh",
+                      *hwcaps_fs_run(store, view, "sh", "-c", script)])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [*probed(PROBED), level]
+    assert result.stderr.splitlines() == [
+        fallback_line(store, view, "/dev/fuse is not the FUSE device")]
+    assert_nothing_left(area)
+
+
+@mount
+def test_without_fuse_a_root_under_a_private_directory_is_private_in_the_view(
+        area: Path, attacker: User) -> None:
+    """The top of the view (the tmpfs over DIR) is as private as ROOT is reachable."""
+    skip_without("unshare", "runuser")
+    hidden = area / "hidden"
+    _script(hidden / "store" / "bin" / "tool", "tool")
+    hidden.chmod(0o700)
+    view = area / "view"
+    result = execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh",
+                      *hwcaps_fs_run(hidden / "store", view, "sh", "-c",
+                                     probe_as(attacker, hidden / "store", view, (".",)) +
+                                     f'; "{view}/bin/tool"')])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [". 700 refused refused", "tool"]
+    assert_nothing_left(area)
+
+
 def test_as_nobody_is_unprivileged_from_the_lookup_on(area: Path) -> None:
     """What the tests below run as nobody is looked up as nobody: a program in a directory
     only root may search is not run (setpriv --reuid ran it, looking it up as root)."""
@@ -452,6 +557,11 @@ def test_as_nobody_without_fuse_in_a_user_namespace(area: Path, store: Path, lev
 
 
 def confined(*argv: str) -> subprocess.CompletedProcess[str]:
+    return execute(confined_argv(*argv))
+
+
+def confined_argv(*argv: str) -> list[str]:
+    """``argv`` run with no namespace to be had (see :data:`CONFINED`), or the test skipped."""
     skip_without("unshare", "setpriv")
     probe = subprocess.run(["unshare", "--user", "--map-root-user", "true"],
                            capture_output=True, text=True, check=False)
@@ -463,8 +573,7 @@ def confined(*argv: str) -> subprocess.CompletedProcess[str]:
                            capture_output=True, text=True, check=False)
     if probe.returncode:
         pytest.skip(f"cannot forbid user namespaces here: {probe.stderr.strip()}")
-    return execute(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", CONFINED,
-                    "sh", *argv])
+    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", CONFINED, "sh", *argv]
 
 
 @mount
@@ -480,6 +589,53 @@ def test_without_any_namespace_links_go_into_an_empty_dir(area: Path, store: Pat
         fallback_line(store, view, "/dev/fuse is not the FUSE device")]
     assert result.stdout.split() == [level, str(served_path(store, level)), "not-mounted"]
     assert list(view.iterdir()) == [], "the symlinks must be removed after CMD"
+    assert_nothing_left(area)
+
+
+def while_running(argv: list[str], probe: str) -> tuple[str, str]:
+    """``probe``'s output, run on the host while ``argv``, whose CMD waits, runs; then what
+    ``argv`` printed."""
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=ENVIRONMENT, cwd="/")
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()
+        seen = subprocess.run(["sh", "-c", probe], capture_output=True, text=True,
+                              timeout=DEADLINE, check=False).stdout if ready else ""
+        stdout, stderr = process.communicate("\n", timeout=DEADLINE)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=DEADLINE)
+    assert (ready, process.returncode) == ("ready\n", 0), stderr
+    return seen, stdout
+
+
+@mount
+def test_without_any_namespace_others_list_in_dir_only_what_they_may_list(
+        area: Path, store: Path, level: str, attacker: User) -> None:
+    """Written straight into DIR on the host, the view is every local user's to look at: a
+    directory the store keeps from one is kept from them in DIR too, a 0755 one is theirs to
+    list and run from as before; DIR, made private while ROOT is, gets its mode back."""
+    skip_without("runuser")
+    private_store(store)
+    hidden = area / "hidden"
+    _script(hidden / "store" / "bin" / "tool", "tool")
+    hidden.chmod(0o700)
+    view = area / "view"
+    view.mkdir(mode=0o755)
+    view.chmod(0o755)
+    wait = ("sh", "-c", "echo ready; read _; echo done")
+    seen, stdout = while_running(
+        confined_argv(*hwcaps_fs_run(store, view, *wait)),
+        f'{probe_as(attacker, store, view, PROBED)}; '
+        f'runuser -u {attacker.name} -- "{view}/bin/prog"')
+    assert seen.splitlines() == [*probed(PROBED), level]
+    assert stdout == "done\n"
+    seen, _ = while_running(confined_argv(*hwcaps_fs_run(hidden / "store", view, *wait)),
+                            probe_as(attacker, hidden / "store", view, (".",)))
+    assert seen.splitlines() == [". 700 refused refused"]
+    assert (list(view.iterdir()), view.stat().st_mode & 0o7777) == ([], 0o755)
     assert_nothing_left(area)
 
 

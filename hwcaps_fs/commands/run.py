@@ -40,13 +40,19 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from hwcaps_fs.commands.symlink_view import plan_symlink_view, write_symlink_view
+from hwcaps_fs.commands.symlink_view import (
+    FILLING_MODE,
+    plan_symlink_view,
+    remove_symlink_view,
+    write_symlink_view,
+)
 from hwcaps_fs.core.model import Layout
 from hwcaps_fs.core.mount_options import NOEXEC_THROUGH_LINKS, MountOptions
 from hwcaps_fs.core.resolve import resolve_store
@@ -344,12 +350,27 @@ def _covers(top: str, root: str) -> bool:
     return root == top or root.startswith(top.rstrip("/") + "/")
 
 
-def _empty(top: str) -> None:
-    for entry in os.scandir(top):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
+def _borrow(top: str, mode: int, cleanup: contextlib.ExitStack) -> int:
+    """Take the empty DIR ``top`` for a symlink view written straight into it: its owner's
+    alone while it fills; the mode it gets then (its own, less what ``mode``, the view's top,
+    would not allow: a DIR others may list must not show them the names of a ROOT they may
+    not) is returned. ``cleanup`` empties it, then gives it its own mode back."""
+    own = stat.S_IMODE(os.stat(top).st_mode)
+    try:
+        os.chmod(top, own & FILLING_MODE)
+    except OSError as exc:
+        raise MountError(f"cannot serve a symlink view in {top}: cannot change its mode to "
+                         f"keep others out as ROOT does ({exc.strerror})") from None
+    cleanup.callback(_give_back, top, own)
+    return own & mode
+
+
+def _give_back(top: str, own: int) -> None:
+    """Empty the borrowed DIR ``top`` (its owner's alone meanwhile), then give it its own
+    mode ``own`` back."""
+    os.chmod(top, own & FILLING_MODE)
+    remove_symlink_view(top)
+    os.chmod(top, own)
 
 
 def _mount_private(source: str | None, target: str, fstype: str | None, flags: int,
@@ -389,14 +410,16 @@ def _serve_symlinks(config: RunConfig, isolation: Isolation, top: str,
             _mount_private(config.root, link_base, None, namespaces.MS_BIND | namespaces.MS_REC)
             cleanup.callback(namespaces.detach, link_base)
         _mount_private("tmpfs", top, "tmpfs", namespaces.MS_NOSUID | namespaces.MS_NODEV,
-                       "mode=0755")
+                       f"mode={FILLING_MODE:o}")
         cleanup.callback(namespaces.detach, top)
+        top_mode = view.top_mode
     elif os.listdir(top):
         raise MountError(f"cannot serve a symlink view in {top}: it is not empty, and no "
                          "tmpfs can be mounted over it here")
     else:
-        cleanup.callback(_empty, top)
+        top_mode = _borrow(top, view.top_mode, cleanup)
     write_symlink_view(view, top, link_base)
+    os.chmod(top, top_mode)
     if isolation.private:
         _mount_private(None, top, None, namespaces.MS_REMOUNT | namespaces.MS_RDONLY
                        | namespaces.MS_NOSUID | namespaces.MS_NODEV)
