@@ -509,6 +509,25 @@ def test_without_fuse_a_root_under_a_private_directory_is_private_in_the_view(
     assert_nothing_left(area)
 
 
+@mount
+def test_without_fuse_in_place_the_private_bind_is_no_way_around_roots_parents(
+        area: Path, attacker: User) -> None:
+    """In place, the links lead into a private bind mount of ROOT: a user whom a directory
+    above ROOT keeps out is kept out of it too, as out of the view."""
+    skip_without("unshare", "runuser")
+    store = area / "hidden" / "store"
+    _script(store / "bin" / "tool", "tool")
+    (area / "hidden").chmod(0o700)
+    bind = f'"$(dirname "$(dirname "$(readlink "{store}/bin/tool")")")"'
+    script = (f'{probe_as(attacker, store, store, (".",))}; "{store}/bin/tool"; '
+              f'runuser -u {attacker.name} -- ls {bind} || echo refused')
+    result = execute(["unshare", "--mount", "sh", "-c", WITHOUT_FUSE, "sh",
+                      *hwcaps_fs_run(store, store, "sh", "-c", script)])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [". 700 refused refused", "tool", "refused"]
+    assert_nothing_left(area)
+
+
 def test_as_nobody_is_unprivileged_from_the_lookup_on(area: Path) -> None:
     """What the tests below run as nobody is looked up as nobody: a program in a directory
     only root may search is not run (setpriv --reuid ran it, looking it up as root)."""

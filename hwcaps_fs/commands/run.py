@@ -254,10 +254,12 @@ def _fuse_unavailable() -> str | None:
     return None if rdev == FUSE_RDEV else f"{FUSE_DEVICE} is not the FUSE device"
 
 
-def _private_directory(cleanup: contextlib.ExitStack) -> str:
+def _private_directory(cleanup: contextlib.ExitStack, mode: int = 0o755) -> str:
+    """A new directory of mode ``mode`` (by default everyone's: CMD may drop privileges, and
+    the view is for everyone it runs as), removed again."""
     parent = RUNTIME_PARENT if os.access(RUNTIME_PARENT, os.W_OK) else None
     path = tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=parent)
-    os.chmod(path, 0o755)  # CMD may drop privileges; the view is for everyone it runs as
+    os.chmod(path, mode)
     cleanup.callback(os.rmdir, path)
     return path
 
@@ -406,7 +408,12 @@ def _serve_symlinks(config: RunConfig, isolation: Isolation, top: str,
     link_base = config.root
     if isolation.private:
         if in_place:
-            link_base = _private_directory(cleanup)
+            # The bind shows ROOT without the directories above it, so it sits in one that
+            # keeps out whom they keep out (as the view's top does; its maker may enter).
+            holder = _private_directory(cleanup, view.top_mode | stat.S_IRWXU)
+            link_base = os.path.join(holder, "root")
+            namespaces.make_directory(link_base, FILLING_MODE)
+            cleanup.callback(os.rmdir, link_base)
             _mount_private(config.root, link_base, None, namespaces.MS_BIND | namespaces.MS_REC)
             cleanup.callback(namespaces.detach, link_base)
         _mount_private("tmpfs", top, "tmpfs", namespaces.MS_NOSUID | namespaces.MS_NODEV,
