@@ -167,12 +167,12 @@ def test_in_place_over_a_populated_directory(binaries: Path, public: Path, level
 
 @pytest.mark.parametrize("ending", ["SIGTERM", "the view unmounted"])
 def test_in_place_ends_cleanly_after_its_bind_mount_was_unmounted(binaries: Path,
-                                                                   tmp_path: Path,
+                                                                   public: Path,
                                                                    ending: str) -> None:
     """At shutdown systemd unmounts the bind mount (a mount unit of its own) while the daemon
     still serves; the daemon, stopped or left by its view, then removes what is left without
-    a word: no mount, no directory."""
-    store = make_store(binaries, tmp_path / "store")
+    a word: no mount, no directory. (A store every user may reach: only those have one.)"""
+    store = make_store(binaries, public / "store")
     bind = Path(RUNTIME_DIR, runtime_name(str(store)))
     with mounted(store, store) as mount:
         subprocess.run(["umount", str(bind)], check=True, timeout=DEADLINE)

@@ -274,12 +274,13 @@ def exec_loop(program: Path, stop: threading.Event, execs: list[Exec]) -> None:
         execs.append(Exec(start, time.monotonic(), output, failure))
 
 
-def test_kill_9_under_load_brings_the_directory_back(binaries: Path, tmp_path: Path,
+def test_kill_9_under_load_brings_the_directory_back(binaries: Path, public: Path,
                                                      level: str) -> None:
     """SIGKILL while four threads exec through an in-place auto_unmount mount: the mount goes,
     the underlying baseline runs again, no exec hangs, only execs in flight fail, and a
-    restart serves again and cleans up after the dead daemon."""
-    store = variant_store(binaries, tmp_path / "store", "bin/foo")
+    restart serves again and cleans up after the dead daemon (its bind mount: a store every
+    user may reach has one)."""
+    store = variant_store(binaries, public / "store", "bin/foo")
     program = store / "bin/foo"
     bind = Path(RUNTIME_DIR, runtime_name(str(store)))
     execs: list[Exec] = []

@@ -103,6 +103,24 @@ def test_in_place_on_a_noexec_mount_executes_nothing(binaries: Path, public: Pat
             assert (store / "bin/foo").read_bytes()  # still readable
 
 
+def test_in_place_below_a_private_directory_makes_no_bind_mount(binaries: Path, public: Path,
+                                                                attacker: User) -> None:
+    """The bind mount privileged programs lead into shows ROOT without the directories above
+    it: below one that keeps users out, it would let them read the store. There is none then,
+    and privileged programs are plain files (they lose their privileges, as said)."""
+    private = public / "private"
+    private.mkdir(mode=0o700)
+    store = variant_store(binaries, private / "store", "bin/foo")
+    setuid_program(binaries, store / "bin/suid")
+    bind = Path(RUNTIME_DIR, runtime_name(str(store)))
+    with mounted(store, store) as mount:
+        assert not os.path.islink(store / "bin/suid")
+        assert not bind.exists()
+        assert attacker.run("ls", bind / "bin").returncode != 0
+        assert run(store / "bin/suid").stdout.strip() == "euid=0"  # root runs it, as root
+    assert "a directory above " + str(store) + " keeps some users out" in mount.log_text()
+
+
 @pytest.mark.parametrize("where", ["in place", "elsewhere"])
 def test_noexec_asked_executes_nothing_not_even_privileged_programs(
         binaries: Path, public: Path, attacker: User, where: str) -> None:

@@ -161,6 +161,13 @@ def reachable_bits(uid: int, gid: int, directories: Iterable[DirAccess]) -> int:
     return kept
 
 
+def searchable_by_all(directories: Iterable[DirAccess]) -> bool:
+    """Whether every user may search each of ``directories`` (every class has the search bit,
+    ACLs counted): then nothing on the way keeps anyone from what lies below them."""
+    every = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+    return all(directory.granted_mode & every == every for directory in directories)
+
+
 def writable_by_others(uid: int, mode: int) -> bool:
     """Whether someone other than root may replace what a file or directory holds: it is not
     root's, or it is group/other-writable (for a directory, unless sticky)."""

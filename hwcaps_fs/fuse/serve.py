@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 import pyfuse3
 import trio
 
+from hwcaps_fs.core.access import searchable_by_all
 from hwcaps_fs.core.level_views import is_taken, level_paths, store_name
 from hwcaps_fs.core.model import DirInfo, Store, locate, tree_roots
 from hwcaps_fs.core.resolve import Resolution, Target, resolve, resolve_store
@@ -258,11 +259,7 @@ def _prepare(paths: MountPaths, scan: ScanAhead) -> _Daemon:
     for message in detection.warnings:
         log.warning("%s", message)
     target = detection.target(require_trusted=options.serves_root())
-    link_base: str | None = paths.root
-    if options.noexec:  # a link runs the file it leads to: noexec holds only for plain files
-        link_base = None
-    elif paths.in_place:
-        link_base = bind_underlying(root_fd, paths.mountpoint) if is_root else None
+    link_base, plain_because = _link_base(paths, root_fd, store, is_root)
     daemon = _Daemon(paths, root_fd, detection, target, store, link_base)
     daemon.warn_once(store.warnings)
     if options.loader_links is not None and options.levels_view:
@@ -273,11 +270,27 @@ def _prepare(paths: MountPaths, scan: ScanAhead) -> _Daemon:
                     paths.root)
     if link_base is None and any(is_privileged(candidate) for found in store.files.values()
                                  for candidate in found.values()):
-        why = ("-o noexec: a link would run the real file" if options.noexec
-               else "an in-place mount needs root to present them as links")
         log.warning("setuid/setgid/capability programs are served as plain files and lose "
-                    "their privileges (%s)", why)
+                    "their privileges (%s)", plain_because)
     return daemon
+
+
+def _link_base(paths: MountPaths, root_fd: int, store: Store,
+               is_root: bool) -> tuple[str | None, str]:
+    """Where the symlinks of privileged programs lead (:func:`build_view`'s ``link_base``),
+    or None and why they are plain files instead. An in-place view's lead into a bind mount
+    of ROOT, which shows ROOT without the directories above it: so only where those keep
+    nobody out (else the bind would let in whom they keep out)."""
+    if paths.config.options.noexec:  # noexec holds only for plain files
+        return None, "-o noexec: a link would run the real file"
+    if not paths.in_place:
+        return paths.root, ""
+    if not is_root:
+        return None, "an in-place mount needs root to present them as links"
+    if not searchable_by_all(store.root_parents):
+        return None, (f"a directory above {paths.root} keeps some users out, and the bind "
+                      f"mount the links would lead into would not")
+    return bind_underlying(root_fd, paths.mountpoint), ""
 
 
 # -- serving -----------------------------------------------------------------------------
