@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwcaps_fs.core.access import PERMISSION_BITS, AclTag, DirAccess, acl_bits, reachable_bits
+from hwcaps_fs.core.access import (
+    PERMISSION_BITS,
+    UNKNOWN_DIR,
+    AclTag,
+    DirAccess,
+    acl_bits,
+    reachable_bits,
+    searchable_by_all,
+)
 
 PUBLIC = DirAccess(0, 0, stat.S_IFDIR | 0o755)
 ROOT_ONLY = DirAccess(0, 0, stat.S_IFDIR | 0o700)
@@ -101,3 +109,18 @@ def test_an_acl_on_a_directory_counts_as_its_mode() -> None:
     denies_named = DirAccess(0, 0, stat.S_IFDIR | 0o755,
                              acl_bits(acl(*BASE, (AclTag.USER, 0), (AclTag.MASK, 0o5))))
     assert reachable_bits(0, 0, [denies_named]) == 0o700
+
+
+@pytest.mark.parametrize(("directories", "searchable"), [
+    ([], True),
+    ([PUBLIC, PUBLIC], True),
+    ([PUBLIC, DirAccess(0, 0, stat.S_IFDIR | 0o711)], True),
+    ([PUBLIC, ROOT_ONLY], False),
+    ([ADM_ONLY], False),
+    ([DirAccess(0, 0, stat.S_IFDIR | 0o755, acl=0o750)], False),  # an ACL keeps someone out
+    ([UNKNOWN_DIR], False),
+])
+def test_searchable_by_all(directories: list[DirAccess], searchable: bool) -> None:
+    """Whether a bind mount of what is below ``directories`` would let in nobody they keep
+    out (the in-place view's bind mount is made only then)."""
+    assert searchable_by_all(directories) is searchable
